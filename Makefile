@@ -1,0 +1,38 @@
+# The two commands of the README: `make run` and `make test`.
+# Both install missing Debian packages first (scripts/deps.sh).
+
+BUILD      ?= build
+TEST_BUILD ?= build-test
+JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
+
+.PHONY: all deps build run test test-build bench format clean
+
+all: build
+
+deps:
+	@bash scripts/deps.sh
+
+build: deps
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release -DBTL_SANITIZE=OFF >/dev/null
+	@cmake --build $(BUILD) -j$(JOBS)
+
+# Starts a private Postgres and the four services; Ctrl-C stops everything.
+run: build
+	@bash scripts/run.sh $(BUILD)
+
+# Sanitized build (ASan + UBSan), then every unit and integration test.
+test-build: deps
+	@cmake -S . -B $(TEST_BUILD) -DBTL_SANITIZE=ON >/dev/null
+	@cmake --build $(TEST_BUILD) -j$(JOBS)
+
+test: test-build
+	@cd $(TEST_BUILD) && ctest --output-on-failure --timeout 900 -j$(JOBS)
+
+bench: build
+	@bash bench/queue/run.sh $(BUILD)
+
+format:
+	@clang-format -i $$(git ls-files '*.c' '*.h')
+
+clean:
+	rm -rf $(BUILD) $(TEST_BUILD)

@@ -1,0 +1,561 @@
+#include "btl/worker.h"
+#include "btl/err.h"
+#include "btl/http.h"
+#include "btl/log.h"
+#include "btl/metrics.h"
+#include "btl/proto.h"
+#include "btl/util.h"
+
+#include <jansson.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* One (task, run) seen in a drain cycle; reported as one exec.result. */
+typedef struct run_agg {
+    char task[128];
+    int64_t run_id;
+    int64_t started_ms;
+    int64_t processed, failed, skipped;
+    bool unrecoverable;
+    char error[1024];
+} run_agg;
+
+#define MAX_AGG 32
+
+typedef struct worker_shared worker_shared;
+
+typedef struct worker_thread {
+    pthread_t tid;
+    int index;
+    worker_shared *ws;
+} worker_thread;
+
+struct worker_shared {
+    const btl_worker_opts *opts;
+    btl_config *cfg;
+    char queue_url[256];
+    btl_bus_sock push;
+    volatile sig_atomic_t stop; /* internal: set on shutdown or reload */
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+    uint64_t wake_gen;
+    atomic_int db_ok;       /* heartbeat connection usable */
+    atomic_int sub_pipes;   /* connected pipes on the tick SUB socket */
+    atomic_int push_pipes;  /* connected pipes on the result PUSH socket */
+    atomic_int running;     /* threads are up: /health/ready may pass */
+    bool heartbeat_started;
+    worker_thread *threads;
+    int nthreads;
+    pthread_t heartbeat_tid;
+    /* metrics */
+    btl_metric *m_jobs;
+    btl_metric *m_active;
+    btl_metric *m_duration;
+    btl_metric *m_frames;
+    btl_metric *m_rejected;
+};
+
+static void pipe_count_cb(nng_pipe p, nng_pipe_ev ev, void *arg)
+{
+    (void)p;
+    atomic_int *n = arg;
+    if (ev == NNG_PIPE_EV_ADD_POST)
+        atomic_fetch_add(n, 1);
+    else if (ev == NNG_PIPE_EV_REM_POST)
+        atomic_fetch_sub(n, 1);
+}
+
+int btl_worker_run_op(const char *op, volatile sig_atomic_t *stop, btl_job_outcome *outcome)
+{
+    memset(outcome, 0, sizeof *outcome);
+    if (strcmp(op, "noop") == 0)
+        return 0;
+    if (strncmp(op, "sleep ", 6) == 0) {
+        int64_t ms;
+        if (btl_parse_i64(op + 6, 0, 3600000, &ms) != 0) {
+            outcome->permanent = true;
+            btl_snprintf(outcome->error, sizeof outcome->error, "bad sleep duration '%s'", op + 6);
+            return BTL_EINVAL;
+        }
+        int64_t end = btl_mono_ms() + ms;
+        for (int64_t now = btl_mono_ms(); now < end; now = btl_mono_ms()) {
+            if (stop && *stop) {
+                btl_strlcpy(outcome->error, "interrupted by shutdown", sizeof outcome->error);
+                return BTL_ECLOSED;
+            }
+            btl_sleep_ms(end - now < 50 ? end - now : 50);
+        }
+        return 0;
+    }
+    if (strncmp(op, "fail ", 5) == 0 || strcmp(op, "fail") == 0) {
+        const char *msg = op[4] ? op + 5 : "failed on request";
+        if (strncmp(msg, BTL_UNRECOVERABLE_PREFIX, strlen(BTL_UNRECOVERABLE_PREFIX)) == 0) {
+            outcome->unrecoverable = true;
+            outcome->permanent = true;
+            msg += strlen(BTL_UNRECOVERABLE_PREFIX);
+        }
+        btl_strlcpy(outcome->error, msg, sizeof outcome->error);
+        return BTL_EINVAL;
+    }
+    outcome->permanent = true;
+    btl_snprintf(outcome->error, sizeof outcome->error, "unknown operational job '%.200s'", op);
+    return BTL_EINVAL;
+}
+
+/* Runs one claimed job; returns 0 on success. */
+static int run_job(worker_shared *ws, btl_worker_env *env, const btl_job *job,
+                   btl_job_outcome *outcome)
+{
+    memset(outcome, 0, sizeof *outcome);
+    if (strcmp(job->kind, "op") == 0) {
+        json_error_t jerr;
+        json_t *root = json_loads(job->payload ? job->payload : "{}", 0, &jerr);
+        const char *op = root ? json_string_value(json_object_get(root, "op")) : NULL;
+        int rc;
+        if (op == NULL) {
+            outcome->permanent = true;
+            btl_strlcpy(outcome->error, "operational job without a string 'op' in its payload",
+                        sizeof outcome->error);
+            rc = BTL_EINVAL;
+        } else {
+            rc = btl_worker_run_op(op, &ws->stop, outcome);
+        }
+        json_decref(root);
+        return rc;
+    }
+    if (ws->opts->handler == NULL) {
+        outcome->permanent = true;
+        btl_snprintf(outcome->error, sizeof outcome->error,
+                     "job kind '%s' has no handler in btl-%s: the content pipeline is not "
+                     "built yet",
+                     job->kind, ws->opts->service);
+        return BTL_EUNSUPPORTED;
+    }
+    return ws->opts->handler(ws->opts->handler_ud, env, job, outcome);
+}
+
+static run_agg *agg_for(run_agg *aggs, int *naggs, const btl_job *job)
+{
+    for (int i = 0; i < *naggs; i++)
+        if (aggs[i].run_id == job->run_id && strcmp(aggs[i].task, job->task_id) == 0)
+            return &aggs[i];
+    if (*naggs == MAX_AGG)
+        return &aggs[MAX_AGG - 1]; /* bounded: fold the rest into the last entry */
+    run_agg *a = &aggs[(*naggs)++];
+    memset(a, 0, sizeof *a);
+    btl_strlcpy(a->task, job->task_id, sizeof a->task);
+    a->run_id = job->run_id;
+    a->started_ms = btl_now_ms();
+    return a;
+}
+
+static void report(worker_shared *ws, const run_agg *a)
+{
+    btl_msg m;
+    memset(&m, 0, sizeof m);
+    if (btl_proto_init(&m, "exec.result", ws->opts->instance) != 0)
+        return;
+    btl_exec_result *r = &m.body.exec;
+    btl_strlcpy(r->task, a->task, sizeof r->task);
+    r->run_id = a->run_id;
+    btl_strlcpy(r->instance, ws->opts->instance, sizeof r->instance);
+    r->started_ts = a->started_ms;
+    r->finished_ts = btl_now_ms();
+    r->ok = a->failed == 0;
+    if (a->failed) {
+        r->has_error = true;
+        btl_snprintf(r->error, sizeof r->error, "%s%s", a->unrecoverable ? BTL_UNRECOVERABLE_PREFIX : "",
+                     a->error);
+    }
+    r->processed = a->processed;
+    r->failed = a->failed;
+    r->skipped = a->skipped;
+    int rc = btl_bus_send_msg(&ws->push, &m);
+    const char *lv[] = {"out", "exec.result"};
+    if (rc == 0)
+        btl_metric_inc(ws->m_frames, lv, 1);
+    else
+        BTL_WARN("exec.result not delivered", "task", a->task, "error", btl_strerror(rc));
+    btl_msg_free(&m);
+}
+
+/* One drain cycle: claim batches until the queue is empty, a second has
+ * passed (so long drains still report), or we are stopping. Returns the
+ * number of jobs claimed. */
+static int drain(worker_shared *ws, btl_worker_env *env, btl_job *batch, int64_t *ids)
+{
+    const btl_config *cfg = ws->cfg;
+    run_agg aggs[MAX_AGG];
+    int naggs = 0, total = 0;
+    int64_t t0 = btl_mono_ms();
+    while (!ws->stop && btl_mono_ms() - t0 < 1000) {
+        int n = 0;
+        int rc = btl_jobs_claim(env->db, ws->opts->service, ws->opts->instance,
+                                cfg->worker.batch_size, cfg->worker.lease_ms, batch, &n);
+        if (rc != 0) {
+            BTL_WARN("claim failed", "error", btl_db_last_error(env->db));
+            break;
+        }
+        if (n == 0)
+            break;
+        total += n;
+        int ndone = 0;
+        int i;
+        btl_metric_inc(ws->m_active, NULL, n);
+        for (i = 0; i < n && !ws->stop; i++) {
+            btl_job *job = &batch[i];
+            run_agg *a = agg_for(aggs, &naggs, job);
+            btl_job_outcome oc;
+            int64_t js = btl_mono_ms();
+            rc = run_job(ws, env, job, &oc);
+            btl_metric_observe(ws->m_duration, NULL, (double)(btl_mono_ms() - js) / 1000.0);
+            if (rc == BTL_ECLOSED && ws->stop) {
+                break; /* interrupted by shutdown: released below */
+            }
+            if (rc == 0) {
+                ids[ndone++] = job->id;
+                if (oc.skipped)
+                    a->skipped++;
+                continue;
+            }
+            bool dead = false;
+            int frc = btl_jobs_fail(env->db, job->id, ws->opts->instance, oc.error, oc.permanent,
+                                    &dead);
+            const char *lv[] = {job->kind, dead ? "dead" : "retry"};
+            btl_metric_inc(ws->m_jobs, lv, 1);
+            if (frc == 0) {
+                a->failed++;
+                a->unrecoverable |= oc.unrecoverable;
+                btl_strlcpy(a->error, oc.error, sizeof a->error);
+            }
+            BTL_WARN("job failed", "kind", job->kind, "task", job->task_id, "error", oc.error,
+                     "final", dead ? BTL_LOG_RAW("true") : BTL_LOG_RAW("false"));
+        }
+        /* Whatever we did not get to goes back without penalty. */
+        if (i < n) {
+            int64_t rel[1024];
+            int nrel = 0;
+            for (int k = i; k < n && nrel < (int)BTL_ARRAY_LEN(rel); k++)
+                rel[nrel++] = batch[k].id;
+            int nr = 0;
+            btl_jobs_release(env->db, rel, nrel, ws->opts->instance, &nr);
+            BTL_INFO("released unfinished jobs", "count", btl_log_i64((char[32]){0}, nr));
+        }
+        if (ndone > 0) {
+            int n_ok = 0;
+            rc = btl_jobs_complete(env->db, ids, ndone, ws->opts->instance, &n_ok);
+            if (rc != 0)
+                BTL_WARN("complete failed", "error", btl_db_last_error(env->db));
+            /* Count per job only what the database accepted as ours. */
+            for (int k = 0; k < i; k++) {
+                for (int d = 0; d < ndone; d++) {
+                    if (ids[d] == batch[k].id) {
+                        run_agg *a = agg_for(aggs, &naggs, &batch[k]);
+                        a->processed++;
+                        break;
+                    }
+                }
+            }
+            if (n_ok < ndone) {
+                /* Lost leases: these jobs were rescued and may run elsewhere. */
+                run_agg *a = agg_for(aggs, &naggs, &batch[0]);
+                a->processed -= ndone - n_ok;
+                a->skipped += ndone - n_ok;
+                BTL_WARN("lease lost before completion", "count",
+                         btl_log_i64((char[32]){0}, ndone - n_ok));
+            }
+            const char *lv[] = {"all", "done"};
+            btl_metric_inc(ws->m_jobs, lv, n_ok);
+        }
+        btl_metric_inc(ws->m_active, NULL, -n);
+        for (int k = 0; k < n; k++)
+            btl_job_clear(&batch[k]);
+    }
+    for (int k = 0; k < naggs; k++)
+        report(ws, &aggs[k]);
+    return total;
+}
+
+static void *thread_main(void *arg)
+{
+    worker_thread *t = arg;
+    worker_shared *ws = t->ws;
+    btl_db *db = NULL;
+    char err[512];
+    int bs = ws->cfg->worker.batch_size;
+    btl_job *batch = calloc((size_t)bs, sizeof *batch);
+    int64_t *ids = calloc((size_t)bs, sizeof *ids);
+    if (batch == NULL || ids == NULL)
+        goto out;
+    uint64_t seen = 0;
+    while (!ws->stop) {
+        if (db == NULL) {
+            if (btl_db_open(ws->cfg->database.url, &db, err, sizeof err) != 0) {
+                db = NULL;
+                btl_sleep_ms(500 + (int64_t)(btl_rand01() * 500));
+                continue;
+            }
+        }
+        if (btl_db_ensure(db) != 0) {
+            btl_sleep_ms(200);
+            continue;
+        }
+        btl_worker_env env = {.db = db,
+                              .events = &ws->push,
+                              .cfg = ws->cfg,
+                              .service = ws->opts->service,
+                              .instance = ws->opts->instance,
+                              .stop = &ws->stop};
+        int got = drain(ws, &env, batch, ids);
+        if (got > 0)
+            continue; /* more may be waiting */
+        /* Sleep until a tick or the fallback poll. */
+        pthread_mutex_lock(&ws->lock);
+        if (ws->wake_gen == seen && !ws->stop) {
+            struct timespec ts;
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            int64_t ns = ts.tv_nsec + (ws->cfg->worker.poll_fallback_ms % 1000) * 1000000;
+            ts.tv_sec += ws->cfg->worker.poll_fallback_ms / 1000 + ns / 1000000000;
+            ts.tv_nsec = ns % 1000000000;
+            pthread_cond_timedwait(&ws->wake, &ws->lock, &ts);
+        }
+        seen = ws->wake_gen;
+        pthread_mutex_unlock(&ws->lock);
+    }
+out:
+    btl_db_close(db);
+    free(batch);
+    free(ids);
+    return NULL;
+}
+
+/* Keeps leases of this instance's running jobs alive and proves the
+ * database is reachable for /health/ready. */
+static void *heartbeat_main(void *arg)
+{
+    worker_shared *ws = arg;
+    btl_db *db = NULL;
+    char err[512];
+    char lease_s[32];
+    btl_snprintf(lease_s, sizeof lease_s, "%lld milliseconds", (long long)ws->cfg->worker.lease_ms);
+    int64_t period = ws->cfg->worker.lease_ms / 3;
+    if (period > 2000)
+        period = 2000;
+    while (!ws->stop) {
+        if (db == NULL && btl_db_open(ws->cfg->database.url, &db, err, sizeof err) != 0)
+            db = NULL;
+        int ok = 0;
+        if (db != NULL && btl_db_ensure(db) == 0) {
+            const char *p[] = {lease_s, ws->opts->instance};
+            ok = btl_db_query(db,
+                              "UPDATE jobs SET lease_until = now() + $1::interval "
+                              "WHERE status = 'running' AND locked_by = $2",
+                              2, p, NULL) == 0;
+        }
+        atomic_store(&ws->db_ok, ok);
+        for (int64_t slept = 0; slept < period && !ws->stop; slept += 50)
+            btl_sleep_ms(50);
+    }
+    btl_db_close(db);
+    return NULL;
+}
+
+static int ready_cb(void *ud, char *why, size_t n)
+{
+    worker_shared *ws = ud;
+    if (!atomic_load(&ws->running)) {
+        btl_strlcpy(why, "starting", n);
+        return 1;
+    }
+    if (!atomic_load(&ws->db_ok)) {
+        btl_strlcpy(why, "database unreachable", n);
+        return 1;
+    }
+    if (atomic_load(&ws->sub_pipes) <= 0 || atomic_load(&ws->push_pipes) <= 0) {
+        btl_strlcpy(why, "not connected to the scheduler bus", n);
+        return 1;
+    }
+    return 0;
+}
+
+static int start_threads(worker_shared *ws)
+{
+    ws->stop = 0;
+    ws->nthreads = ws->cfg->worker.concurrency;
+    ws->threads = calloc((size_t)ws->nthreads, sizeof *ws->threads);
+    if (ws->threads == NULL)
+        return BTL_ENOMEM;
+    for (int i = 0; i < ws->nthreads; i++) {
+        ws->threads[i].index = i;
+        ws->threads[i].ws = ws;
+        if (pthread_create(&ws->threads[i].tid, NULL, thread_main, &ws->threads[i]) != 0) {
+            ws->nthreads = i;
+            return BTL_ENOMEM;
+        }
+    }
+    if (pthread_create(&ws->heartbeat_tid, NULL, heartbeat_main, ws) != 0)
+        return BTL_ENOMEM;
+    ws->heartbeat_started = true;
+    return 0;
+}
+
+static void stop_threads(worker_shared *ws)
+{
+    pthread_mutex_lock(&ws->lock);
+    ws->stop = 1;
+    ws->wake_gen++;
+    pthread_cond_broadcast(&ws->wake);
+    pthread_mutex_unlock(&ws->lock);
+    for (int i = 0; i < ws->nthreads; i++)
+        pthread_join(ws->threads[i].tid, NULL);
+    if (ws->heartbeat_started)
+        pthread_join(ws->heartbeat_tid, NULL);
+    ws->heartbeat_started = false;
+    free(ws->threads);
+    ws->threads = NULL;
+    ws->nthreads = 0;
+}
+
+static void wake_all(worker_shared *ws)
+{
+    pthread_mutex_lock(&ws->lock);
+    ws->wake_gen++;
+    pthread_cond_broadcast(&ws->wake);
+    pthread_mutex_unlock(&ws->lock);
+}
+
+static int load_config(const char *path, btl_config **cfg)
+{
+    char err[1024];
+    int rc = btl_config_load(path, cfg, err, sizeof err);
+    if (rc != 0)
+        BTL_ERROR("configuration rejected", "error", err);
+    return rc;
+}
+
+int btl_worker_main(const btl_worker_opts *opts, volatile sig_atomic_t *stop,
+                    volatile sig_atomic_t *reload)
+{
+    int rc = 0;
+    worker_shared ws;
+    btl_http *http = NULL;
+    btl_bus_sock sub = {0};
+    char topic[64], sub_url[256];
+    memset(&ws, 0, sizeof ws);
+    ws.opts = opts;
+    pthread_mutex_init(&ws.lock, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&ws.wake, &ca);
+    pthread_condattr_destroy(&ca);
+
+    btl_metrics *reg = btl_metrics_default();
+    ws.m_jobs = btl_metrics_counter(reg, "jobs_processed_total", "Jobs finished by this worker",
+                                    (const char *[]){"kind", "outcome", NULL});
+    ws.m_active = btl_metrics_gauge(reg, "active_executions", "Jobs being run right now", NULL);
+    ws.m_duration = btl_metrics_histogram(reg, "execution_duration_seconds",
+                                          "Time to run one job", NULL, NULL, 0);
+    ws.m_frames = btl_metrics_counter(reg, "bus_frames_total", "Bus frames by direction and topic",
+                                      (const char *[]){"direction", "topic", NULL});
+    ws.m_rejected = btl_metrics_counter(reg, "bus_frames_rejected_total",
+                                        "Malformed bus frames dropped, by reason",
+                                        (const char *[]){"reason", NULL});
+
+    if ((rc = load_config(opts->config_path, &ws.cfg)) != 0)
+        goto out;
+
+    btl_http_opts hopts = {.listen = opts->http_listen ? opts->http_listen : ws.cfg->http.listen,
+                           .metrics = reg,
+                           .ready = ready_cb,
+                           .ready_ud = &ws};
+    if ((rc = btl_http_start(&hopts, &http)) != 0) {
+        BTL_ERROR("cannot start http server", "listen", hopts.listen, "error", btl_strerror(rc));
+        goto out;
+    }
+
+    btl_snprintf(topic, sizeof topic, "tick.%s", opts->service);
+    const char *topics[8] = {topic};
+    size_t ntopics = 1;
+    for (size_t i = 0; opts->extra_topics && opts->extra_topics[i] && ntopics < 8; i++)
+        topics[ntopics++] = opts->extra_topics[i];
+    if ((rc = btl_bus_dial_url(ws.cfg->bus.connect, ws.cfg->bus.publish, sub_url, sizeof sub_url)) ||
+        (rc = btl_bus_dial_url(ws.cfg->bus.connect, ws.cfg->bus.collect, ws.queue_url,
+                               sizeof ws.queue_url))) {
+        BTL_ERROR("bad bus address", "error", btl_strerror(rc));
+        goto out;
+    }
+    if ((rc = btl_bus_sub_dial(&sub, sub_url, topics, ntopics)) != 0 ||
+        (rc = btl_bus_push_dial(&ws.push, ws.queue_url)) != 0) {
+        BTL_ERROR("cannot open bus sockets", "error", btl_strerror(rc));
+        goto out;
+    }
+    nng_pipe_notify(sub.s, NNG_PIPE_EV_ADD_POST, pipe_count_cb, &ws.sub_pipes);
+    nng_pipe_notify(sub.s, NNG_PIPE_EV_REM_POST, pipe_count_cb, &ws.sub_pipes);
+    nng_pipe_notify(ws.push.s, NNG_PIPE_EV_ADD_POST, pipe_count_cb, &ws.push_pipes);
+    nng_pipe_notify(ws.push.s, NNG_PIPE_EV_REM_POST, pipe_count_cb, &ws.push_pipes);
+
+    if ((rc = start_threads(&ws)) != 0)
+        goto out;
+    atomic_store(&ws.running, 1);
+    btl_http_set_started(http, true);
+    char conc[32];
+    BTL_INFO("worker started", "subscribe", sub_url, "results", ws.queue_url, "concurrency",
+             btl_log_i64(conc, ws.cfg->worker.concurrency), "http",
+             hopts.listen);
+
+    while (!*stop) {
+        btl_http_heartbeat(http);
+        if (*reload) {
+            *reload = 0;
+            btl_config *ncfg = NULL;
+            if (load_config(opts->config_path, &ncfg) == 0) {
+                atomic_store(&ws.running, 0);
+                stop_threads(&ws);
+                btl_config_free(ws.cfg);
+                ws.cfg = ncfg;
+                if ((rc = start_threads(&ws)) != 0)
+                    goto out;
+                atomic_store(&ws.running, 1);
+                BTL_INFO("configuration reloaded", "path", opts->config_path);
+            }
+        }
+        char *frame = NULL;
+        size_t len = 0;
+        int r = btl_bus_recv(&sub, 200, &frame, &len);
+        if (r == BTL_ETIMEDOUT || r == BTL_EAGAIN)
+            continue;
+        if (r != 0) {
+            btl_sleep_ms(100);
+            continue;
+        }
+        btl_msg m;
+        const char *reason = NULL;
+        char why[256];
+        r = btl_proto_decode(frame, len, &m, &reason, why, sizeof why);
+        free(frame);
+        if (r != 0) {
+            const char *lv[] = {reason ? reason : "invalid"};
+            btl_metric_inc(ws.m_rejected, lv, 1);
+            BTL_DEBUG("bus frame rejected", "reason", lv[0], "detail", why);
+            continue;
+        }
+        const char *lv[] = {"in", m.type};
+        btl_metric_inc(ws.m_frames, lv, 1);
+        btl_msg_free(&m);
+        wake_all(&ws);
+    }
+    BTL_INFO("stopping: finishing or releasing current jobs");
+    atomic_store(&ws.running, 0);
+out:
+    stop_threads(&ws);
+    btl_http_stop(http);
+    btl_bus_close(&sub);
+    btl_bus_close(&ws.push);
+    btl_config_free(ws.cfg);
+    pthread_cond_destroy(&ws.wake);
+    pthread_mutex_destroy(&ws.lock);
+    return rc;
+}

@@ -1,0 +1,566 @@
+/* The leading scheduler: syncs configured tasks into `tasks`, fires due
+ * tasks (task_runs row + jobs in one transaction, then the tick), runs the
+ * half-open circuit trials and the periodic maintenance (lease rescue,
+ * retention). */
+#include "scheduler.h"
+
+#include "btl/err.h"
+#include "btl/jobs.h"
+#include "btl/log.h"
+#include "btl/proto.h"
+#include "btl/util.h"
+
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- configuration snapshot ---------------------------------------- */
+
+static uint64_t fnv1a(uint64_t h, const char *s)
+{
+    for (; s && *s; s++) {
+        h ^= (unsigned char)*s;
+        h *= 0x100000001b3ULL;
+    }
+    return h * 0x100000001b3ULL; /* separator so "a","bc" != "ab","c" */
+}
+
+static void conf_free(sched_conf *c)
+{
+    if (c == NULL)
+        return;
+    for (size_t i = 0; i < c->ntasks; i++) {
+        btl_schedule_free(c->tasks[i].schedule);
+        btl_tz_free(c->tasks[i].window_tz);
+    }
+    free(c->tasks);
+    btl_config_free(c->cfg);
+    free(c);
+}
+
+int sched_conf_load(const char *path, sched_conf **out, char *err, size_t errlen)
+{
+    int rc;
+    sched_conf *c = calloc(1, sizeof *c);
+    if (c == NULL)
+        return BTL_ENOMEM;
+    atomic_init(&c->refs, 1);
+    if ((rc = btl_config_load(path, &c->cfg, err, errlen)) != 0)
+        goto out;
+    c->tasks = calloc(c->cfg->n_tasks ? c->cfg->n_tasks : 1, sizeof *c->tasks);
+    if (c->tasks == NULL) {
+        rc = BTL_ENOMEM;
+        goto out;
+    }
+    for (size_t i = 0; i < c->cfg->n_tasks; i++) {
+        const btl_task_cfg *tc = &c->cfg->tasks[i];
+        sched_task *t = &c->tasks[c->ntasks++];
+        t->cfg = tc;
+        char why[256];
+        if ((rc = btl_schedule_parse(tc->schedule, tc->timezone, &t->schedule, why, sizeof why))) {
+            btl_snprintf(err, errlen, "%s:%d: task %s: %s", path, tc->line, tc->name, why);
+            goto out;
+        }
+        if (tc->window.set && (rc = btl_tz_load(tc->window.timezone, &t->window_tz)) != 0) {
+            btl_snprintf(err, errlen, "%s:%d: task %s: unknown window timezone '%s'", path,
+                         tc->line, tc->name, tc->window.timezone);
+            goto out;
+        }
+        /* What decides the fire times: a change re-plans next_run. */
+        char num[64];
+        uint64_t h = 0xcbf29ce484222325ULL;
+        h = fnv1a(h, tc->service);
+        h = fnv1a(h, tc->schedule);
+        h = fnv1a(h, tc->timezone);
+        btl_snprintf(num, sizeof num, "%d/%d/%d/%d", tc->jitter_percent, tc->window.set,
+                     tc->window.from_min, tc->window.to_min);
+        h = fnv1a(h, num);
+        h = fnv1a(h, tc->window.set ? tc->window.timezone : "");
+        btl_snprintf(t->config_hash, sizeof t->config_hash, "%016llx", (unsigned long long)h);
+    }
+    *out = c;
+    c = NULL;
+out:
+    conf_free(c);
+    return rc;
+}
+
+sched_conf *sched_conf_get(scheduler *s)
+{
+    pthread_mutex_lock(&s->conf_lock);
+    sched_conf *c = s->conf;
+    atomic_fetch_add(&c->refs, 1);
+    pthread_mutex_unlock(&s->conf_lock);
+    return c;
+}
+
+void sched_conf_put(sched_conf *c)
+{
+    if (c && atomic_fetch_sub(&c->refs, 1) == 1)
+        conf_free(c);
+}
+
+const sched_task *sched_conf_task(const sched_conf *c, const char *name)
+{
+    for (size_t i = 0; i < c->ntasks; i++)
+        if (strcmp(c->tasks[i].cfg->name, name) == 0)
+            return &c->tasks[i];
+    return NULL;
+}
+
+/* ---- planning ------------------------------------------------------- */
+
+int sched_next(const sched_task *t, int64_t due_ms, int64_t now_ms, int64_t *next_due,
+               int64_t *next_run)
+{
+    int64_t nd;
+    int rc = btl_schedule_next(t->schedule, due_ms, &nd);
+    if (rc != 0)
+        return rc;
+    if (nd <= now_ms && btl_schedule_kind(t->schedule) != BTL_SCHED_ONCE) {
+        /* Missed fires are not replayed one by one: plan from now. */
+        if ((rc = btl_schedule_next(t->schedule, now_ms, &nd)) != 0)
+            return rc;
+    }
+    int64_t run = btl_schedule_jitter(nd, btl_schedule_period_ms(t->schedule),
+                                      t->cfg->jitter_percent, btl_rand01());
+    if (t->cfg->window.set) {
+        btl_window w = {t->cfg->window.from_min, t->cfg->window.to_min, t->window_tz};
+        run = btl_window_adjust(&w, run);
+    }
+    *next_due = nd;
+    *next_run = run;
+    return 0;
+}
+
+static void ms_to_text(int64_t ms, char *buf, size_t n)
+{
+    btl_snprintf(buf, n, "%.3f", (double)ms / 1000.0);
+}
+
+/* First plan for a task that has never been planned (or whose schedule
+ * changed). immediate fires now; once at its instant (even if past, the
+ * catch-up rule decides); the rest at their next fire after now. */
+static int first_plan(const sched_task *t, int64_t now, int64_t *next_due, int64_t *next_run)
+{
+    switch (btl_schedule_kind(t->schedule)) {
+    case BTL_SCHED_IMMEDIATE: *next_due = *next_run = now; return 0;
+    case BTL_SCHED_ONCE: {
+        int rc = btl_schedule_next(t->schedule, INT64_MIN / 2, next_due);
+        *next_run = *next_due;
+        return rc;
+    }
+    default: return sched_next(t, now, now, next_due, next_run);
+    }
+}
+
+static int sync_tasks(scheduler *s, btl_db *db, const sched_conf *c)
+{
+    int64_t now = btl_now_ms();
+    for (size_t i = 0; i < c->ntasks; i++) {
+        const sched_task *t = &c->tasks[i];
+        int64_t nd = 0, nr = 0;
+        char due_s[32] = "", run_s[32] = "";
+        bool planned = first_plan(t, now, &nd, &nr) == 0;
+        if (planned) {
+            ms_to_text(nd, due_s, sizeof due_s);
+            ms_to_text(nr, run_s, sizeof run_s);
+        }
+        const char *p[] = {t->cfg->name,     t->cfg->service, t->cfg->schedule,
+                           t->cfg->timezone, t->config_hash,  planned ? run_s : NULL,
+                           planned ? due_s : NULL};
+        /* A task whose schedule is unchanged keeps its persisted plan, so a
+         * restart neither double-fires nor forgets a missed fire. */
+        int rc = btl_db_query(
+            db,
+            "INSERT INTO tasks (task_id, service, schedule, timezone, config_hash, next_run, "
+            "next_due, updated_at) VALUES ($1, $2, $3, $4, $5, to_timestamp($6::float8), "
+            "to_timestamp($7::float8), now()) "
+            "ON CONFLICT (task_id) DO UPDATE SET service = EXCLUDED.service, "
+            "schedule = EXCLUDED.schedule, timezone = EXCLUDED.timezone, "
+            "next_run = CASE WHEN tasks.config_hash IS DISTINCT FROM EXCLUDED.config_hash "
+            "THEN EXCLUDED.next_run ELSE tasks.next_run END, "
+            "next_due = CASE WHEN tasks.config_hash IS DISTINCT FROM EXCLUDED.config_hash "
+            "THEN EXCLUDED.next_due ELSE tasks.next_due END, "
+            "config_hash = EXCLUDED.config_hash, updated_at = now()",
+            7, p, NULL);
+        if (rc != 0) {
+            BTL_ERROR("task sync failed", "task", t->cfg->name, "error", btl_db_last_error(db));
+            return rc;
+        }
+    }
+    (void)s;
+    return 0;
+}
+
+/* ---- firing --------------------------------------------------------- */
+
+static void job_payload(const btl_task_cfg *tc, btl_job_spec *spec, char **payload)
+{
+    json_t *o = json_object();
+    if (tc->job[0] != '\0') {
+        spec->kind = "op";
+        json_object_set_new(o, "op", json_string(tc->job));
+    } else {
+        /* The service's own work; handlers arrive with the content pipeline. */
+        spec->kind = strcmp(tc->service, "generator") == 0   ? "generate"
+                     : strcmp(tc->service, "curator") == 0 ? "curate"
+                                                             : "post";
+        json_object_set_new(o, "task", json_string(tc->name));
+    }
+    *payload = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    spec->payload_json = *payload;
+}
+
+static void publish_tick(scheduler *s, const btl_task_cfg *tc, int64_t run_id, const char *reason,
+                         int64_t due_ms)
+{
+    btl_msg m;
+    memset(&m, 0, sizeof m);
+    char topic[32];
+    btl_snprintf(topic, sizeof topic, "tick.%s", tc->service);
+    if (btl_proto_init(&m, topic, s->instance) != 0)
+        return;
+    btl_strlcpy(m.body.tick.task, tc->name, sizeof m.body.tick.task);
+    m.body.tick.run_id = run_id;
+    btl_strlcpy(m.body.tick.reason, reason, sizeof m.body.tick.reason);
+    m.body.tick.due_ts = due_ms;
+    /* PUB never blocks; a lost tick only delays work until the fallback poll. */
+    if (btl_bus_send_msg(&s->pub, &m) == 0) {
+        const char *lv[] = {"out", topic};
+        btl_metric_inc(s->m_frames, lv, 1);
+    }
+    btl_msg_free(&m);
+}
+
+int sched_fire(scheduler *s, btl_db *db, const sched_task *t, const char *reason, int64_t due_ms,
+               bool advance, int64_t *run_id, char *err, size_t errlen)
+{
+    const btl_task_cfg *tc = t->cfg;
+    PGresult *res = NULL;
+    char *payload = NULL;
+    int rc;
+    bool in_tx = false;
+    char due_s[32], ukey[192];
+    *run_id = 0;
+    ms_to_text(due_ms, due_s, sizeof due_s);
+    if ((rc = btl_db_begin(db)) != 0)
+        goto out;
+    in_tx = true;
+    if (advance) {
+        /* Recheck under the row lock: a previous leader may have fired it. */
+        const char *p[] = {tc->name, due_s};
+        if ((rc = btl_db_query(db,
+                               "SELECT 1 FROM tasks WHERE task_id = $1 AND next_due = "
+                               "to_timestamp($2::float8) FOR UPDATE",
+                               2, p, &res)) != 0)
+            goto out;
+        bool still_due = PQntuples(res) == 1;
+        PQclear(res);
+        res = NULL;
+        if (!still_due) {
+            rc = 0;
+            goto out; /* rolled back below: nothing to do */
+        }
+        btl_snprintf(ukey, sizeof ukey, "%s@%lld", tc->name, (long long)due_ms);
+    } else {
+        btl_snprintf(ukey, sizeof ukey, "%s@%lld/%s/%.0f", tc->name, (long long)btl_now_ms(),
+                     reason, btl_rand01() * 1e9);
+    }
+    {
+        const char *p[] = {tc->name, due_s, reason, ukey, s->instance};
+        rc = btl_db_query(db,
+                          "INSERT INTO task_runs (task_id, due_at, fired_at, reason, status, "
+                          "unique_key, fired_by) VALUES ($1, to_timestamp($2::float8), now(), $3, "
+                          "'fired', $4, $5) RETURNING run_id",
+                          5, p, &res);
+        if (rc == BTL_ECONFLICT) {
+            rc = 0; /* this due time was fired already (split brain guard) */
+            goto out;
+        }
+        if (rc != 0)
+            goto out;
+        *run_id = btl_db_get_i64(res, 0, 0);
+        PQclear(res);
+        res = NULL;
+    }
+    {
+        btl_job_spec spec = {.queue = tc->service,
+                             .task_id = tc->name,
+                             .run_id = *run_id,
+                             .max_attempts = tc->execution.max_retries + 1};
+        job_payload(tc, &spec, &payload);
+        char prefix[64];
+        btl_snprintf(prefix, sizeof prefix, "run:%lld", (long long)*run_id);
+        int inserted = 0;
+        if ((rc = btl_jobs_enqueue_n(db, &spec, tc->fanout, prefix, &inserted)) != 0)
+            goto out;
+    }
+    if (advance) {
+        int64_t nd = 0, nr = 0;
+        int64_t now = btl_now_ms();
+        bool again = sched_next(t, due_ms, now, &nd, &nr) == 0;
+        char nd_s[32], nr_s[32];
+        ms_to_text(nd, nd_s, sizeof nd_s);
+        ms_to_text(nr, nr_s, sizeof nr_s);
+        const char *p[] = {tc->name, due_s, again ? nr_s : NULL, again ? nd_s : NULL};
+        if ((rc = btl_db_query(db,
+                               "UPDATE tasks SET last_run = now(), last_due = "
+                               "to_timestamp($2::float8), next_run = to_timestamp($3::float8), "
+                               "next_due = to_timestamp($4::float8), updated_at = now() "
+                               "WHERE task_id = $1",
+                               4, p, NULL)) != 0)
+            goto out;
+    } else {
+        const char *p[] = {tc->name};
+        if ((rc = btl_db_query(db, "UPDATE tasks SET last_run = now(), updated_at = now() "
+                                   "WHERE task_id = $1",
+                               1, p, NULL)) != 0)
+            goto out;
+    }
+    if ((rc = btl_db_commit(db)) != 0)
+        goto out;
+    in_tx = false;
+    const char *lv[] = {tc->name, reason};
+    btl_metric_inc(s->m_fired, lv, 1);
+    publish_tick(s, tc, *run_id, reason, due_ms);
+out:
+    if (rc != 0)
+        btl_snprintf(err, errlen, "%s", btl_db_last_error(db)[0] ? btl_db_last_error(db)
+                                                                 : btl_strerror(rc));
+    if (in_tx)
+        btl_db_rollback(db);
+    PQclear(res);
+    free(payload);
+    return rc;
+}
+
+/* ---- the leader's periodic work -------------------------------------- */
+
+typedef struct task_row {
+    bool found, paused, has_next;
+    int64_t next_run, next_due, opened_at;
+    char circuit[16];
+} task_row;
+
+static int load_row(btl_db *db, const char *name, task_row *row)
+{
+    PGresult *res = NULL;
+    const char *p[] = {name};
+    memset(row, 0, sizeof *row);
+    int rc = btl_db_query(db,
+                          "SELECT is_paused, next_run IS NOT NULL, "
+                          "(extract(epoch FROM next_run) * 1000)::bigint, "
+                          "(extract(epoch FROM next_due) * 1000)::bigint, circuit_state, "
+                          "(extract(epoch FROM circuit_opened_at) * 1000)::bigint "
+                          "FROM tasks WHERE task_id = $1",
+                          1, p, &res);
+    if (rc != 0)
+        return rc;
+    if (PQntuples(res) == 1) {
+        row->found = true;
+        row->paused = PQgetvalue(res, 0, 0)[0] == 't';
+        row->has_next = PQgetvalue(res, 0, 1)[0] == 't';
+        row->next_run = btl_db_get_i64(res, 0, 2);
+        row->next_due = PQgetisnull(res, 0, 3) ? row->next_run : btl_db_get_i64(res, 0, 3);
+        btl_strlcpy(row->circuit, PQgetvalue(res, 0, 4), sizeof row->circuit);
+        row->opened_at = btl_db_get_i64(res, 0, 5);
+    }
+    PQclear(res);
+    return 0;
+}
+
+static void fire_due(scheduler *s, btl_db *db, const sched_conf *c)
+{
+    const btl_config *cfg = c->cfg;
+    int64_t now = btl_now_ms();
+    /* A fire later than this was missed while no scheduler ran. */
+    int64_t grace = cfg->scheduler.check_interval_ms * 3;
+    if (grace < 60000)
+        grace = 60000;
+    for (size_t i = 0; i < c->ntasks && !*s->stop; i++) {
+        const sched_task *t = &c->tasks[i];
+        const btl_task_cfg *tc = t->cfg;
+        task_row row;
+        char err[512];
+        int64_t run_id = 0;
+        if (!tc->enabled || load_row(db, tc->name, &row) != 0 || !row.found)
+            continue;
+        if (strcmp(row.circuit, "open") == 0 &&
+            now - row.opened_at >= cfg->scheduler.circuit_reset_ms) {
+            /* Half-open: one trial run decides whether the circuit closes. */
+            if (sched_fire(s, db, t, "scheduled", now, false, &run_id, err, sizeof err) == 0 &&
+                run_id > 0) {
+                char rid[32];
+                btl_snprintf(rid, sizeof rid, "%lld", (long long)run_id);
+                const char *p[] = {tc->name, rid};
+                btl_db_query(db,
+                             "UPDATE tasks SET circuit_state = 'half_open', trial_run_id = $2 "
+                             "WHERE task_id = $1 AND circuit_state = 'open'",
+                             2, p, NULL);
+                BTL_INFO("circuit half-open: trial run fired", "task", tc->name, "run_id",
+                         btl_log_i64((char[32]){0}, run_id));
+            }
+            continue;
+        }
+        if (row.paused || strcmp(row.circuit, "closed") != 0 || !row.has_next ||
+            row.next_run > now)
+            continue;
+        const char *reason = "scheduled";
+        if (btl_schedule_kind(t->schedule) == BTL_SCHED_IMMEDIATE)
+            reason = "startup";
+        else if (now - row.next_run > grace)
+            reason = "catchup";
+        if (tc->window.set) {
+            btl_window w = {tc->window.from_min, tc->window.to_min, t->window_tz};
+            if (!btl_window_contains(&w, now)) {
+                /* A late fire outside the window waits for its opening. */
+                char nr[32];
+                ms_to_text(btl_window_adjust(&w, now), nr, sizeof nr);
+                const char *p[] = {tc->name, nr};
+                btl_db_query(db, "UPDATE tasks SET next_run = to_timestamp($2::float8) "
+                                 "WHERE task_id = $1", 2, p, NULL);
+                continue;
+            }
+        }
+        if (strcmp(reason, "catchup") == 0 && tc->catchup == BTL_CATCHUP_NONE) {
+            int64_t nd, nr;
+            char nd_s[32], nr_s[32];
+            bool again = sched_next(t, row.next_due, now, &nd, &nr) == 0;
+            ms_to_text(nd, nd_s, sizeof nd_s);
+            ms_to_text(nr, nr_s, sizeof nr_s);
+            const char *p[] = {tc->name, again ? nr_s : NULL, again ? nd_s : NULL};
+            btl_db_query(db,
+                         "UPDATE tasks SET next_run = to_timestamp($2::float8), "
+                         "next_due = to_timestamp($3::float8) WHERE task_id = $1",
+                         3, p, NULL);
+            BTL_INFO("missed fire skipped (catchup: none)", "task", tc->name);
+            continue;
+        }
+        int rc = sched_fire(s, db, t, reason, row.next_due, true, &run_id, err, sizeof err);
+        if (rc != 0)
+            BTL_ERROR("fire failed", "task", tc->name, "error", err);
+        else if (run_id > 0)
+            BTL_INFO("task fired", "task", tc->name, "reason", reason, "run_id",
+                     btl_log_i64((char[32]){0}, run_id));
+    }
+}
+
+static void update_task_gauges(scheduler *s, btl_db *db)
+{
+    PGresult *res = NULL;
+    if (btl_db_query(db,
+                     "SELECT task_id, is_paused, consecutive_failures, "
+                     "coalesce(extract(epoch FROM last_success), 0) FROM tasks",
+                     0, NULL, &res) != 0)
+        return;
+    for (int i = 0; i < PQntuples(res); i++) {
+        const char *lv[] = {PQgetvalue(res, i, 0)};
+        btl_metric_set(s->m_paused, lv, PQgetvalue(res, i, 1)[0] == 't' ? 1 : 0);
+        btl_metric_set(s->m_failures, lv, (double)btl_db_get_i64(res, i, 2));
+        btl_metric_set(s->m_last_success, lv, strtod(PQgetvalue(res, i, 3), NULL));
+    }
+    PQclear(res);
+    if (btl_db_query(db, "SELECT queue, kind, status, count(*) FROM jobs GROUP BY 1, 2, 3", 0,
+                     NULL, &res) != 0)
+        return;
+    for (int i = 0; i < PQntuples(res) && i < 500; i++) {
+        const char *lv[] = {PQgetvalue(res, i, 1), PQgetvalue(res, i, 2)};
+        btl_metric_set(s->m_jobs, lv, (double)btl_db_get_i64(res, i, 3));
+    }
+    PQclear(res);
+}
+
+static void maintenance(scheduler *s, btl_db *db, const btl_config *cfg, int64_t *last_retention)
+{
+    int n = 0;
+    if (btl_jobs_rescue(db, &n) == 0 && n > 0)
+        BTL_WARN("rescued jobs whose lease expired", "count", btl_log_i64((char[32]){0}, n));
+    /* A post whose posting lease ran out has an unknown outcome: never
+     * re-post blindly, leave it to an operator (DESIGN §5). */
+    btl_db_exec(db, "UPDATE posts SET status = 'unknown', last_error = coalesce(last_error, "
+                    "'posting lease expired with unknown outcome') "
+                    "WHERE status = 'posting' AND lease_until < now()");
+    int64_t now = btl_mono_ms();
+    if (*last_retention == 0 || now - *last_retention > 10 * 60 * 1000) {
+        *last_retention = now;
+        char keep[48];
+        btl_snprintf(keep, sizeof keep, "%lld milliseconds",
+                     (long long)cfg->scheduler.history_retention_ms);
+        const char *p[] = {keep};
+        btl_db_query(db, "DELETE FROM executions WHERE started_at < now() - $1::interval", 1, p,
+                     NULL);
+        btl_db_query(db,
+                     "DELETE FROM task_runs r WHERE fired_at < now() - $1::interval AND NOT "
+                     "EXISTS (SELECT 1 FROM jobs j WHERE j.run_id = r.run_id AND j.status IN "
+                     "('queued', 'running'))",
+                     1, p, NULL);
+        btl_jobs_cleanup(db, cfg->scheduler.history_retention_ms, &n);
+    }
+    update_task_gauges(s, db);
+}
+
+static bool holds_lock(btl_db *db)
+{
+    PGresult *res = NULL;
+    char key[32];
+    btl_snprintf(key, sizeof key, "%lld", (long long)SCHED_LEADER_LOCK);
+    const char *p[] = {key};
+    bool held = false;
+    if (btl_db_query(db,
+                     "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid = "
+                     "pg_backend_pid() AND ((classid::bigint << 32) | objid::bigint) = $1::bigint",
+                     1, p, &res) == 0)
+        held = PQntuples(res) > 0;
+    PQclear(res);
+    return held;
+}
+
+void sched_leader_loop(scheduler *s)
+{
+    btl_db *db = NULL;
+    char err[512];
+    int64_t last_retention = 0;
+    while (!*s->stop) {
+        sched_conf *c = sched_conf_get(s);
+        const btl_config *cfg = c->cfg;
+        int64_t period = cfg->scheduler.check_interval_ms;
+        if (db == NULL && btl_db_open(cfg->database.url, &db, err, sizeof err) != 0)
+            db = NULL;
+        bool ok = db != NULL && btl_db_ensure(db) == 0;
+        atomic_store(&s->db_ok, ok);
+        if (!ok) {
+            if (atomic_exchange(&s->leader, 0))
+                BTL_WARN("lost database: stepping down", "error", db ? btl_db_last_error(db) : err);
+        } else if (!atomic_load(&s->leader)) {
+            bool got = false;
+            if (btl_db_try_advisory_lock(db, SCHED_LEADER_LOCK, &got) == 0 && got) {
+                atomic_store(&s->leader, 1);
+                atomic_store(&s->resync, 1);
+                BTL_INFO("became leader");
+            }
+            /* A standby polls often enough to take over within failover. */
+            int64_t standby = cfg->scheduler.failover_ms / 4;
+            if (standby < period)
+                period = standby;
+        } else if (!holds_lock(db)) {
+            atomic_store(&s->leader, 0);
+            BTL_WARN("leader lock lost: stepping down");
+        }
+        if (ok && atomic_load(&s->leader)) {
+            if (atomic_exchange(&s->resync, 0) && sync_tasks(s, db, c) != 0)
+                atomic_store(&s->resync, 1);
+            fire_due(s, db, c);
+            maintenance(s, db, cfg, &last_retention);
+        }
+        btl_metric_set(s->m_leader, NULL, atomic_load(&s->leader));
+        sched_conf_put(c);
+        for (int64_t slept = 0; slept < period && !*s->stop; slept += 20)
+            btl_sleep_ms(period - slept < 20 ? period - slept : 20);
+    }
+    if (db != NULL && atomic_load(&s->leader))
+        btl_db_advisory_unlock(db, SCHED_LEADER_LOCK);
+    atomic_store(&s->leader, 0);
+    btl_db_close(db);
+}
