@@ -25,7 +25,7 @@ as_owner() {
 free_port() {
     local p
     for _ in $(seq 1 200); do
-        p=$(( 20000 + RANDOM % 30000 ))
+        p=$(( 10000 + RANDOM % 22000 ))
         if ! (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null; then echo $p; return; fi
     done
     echo "pg.sh: no free port" >&2; exit 1

@@ -29,8 +29,9 @@ trap stop_all INT TERM EXIT
 
 start() {
     local name=$1 port=$2
+    # Process substitution keeps $! the service itself, so Ctrl-C reaches it.
     "$BUILD/btl-$name" --config "$BTL_CONFIG" --http "127.0.0.1:$port" \
-        --instance "$name-local" 2>&1 | sed -u "s/^/[$name] /" &
+        --instance "$name-local" > >(sed -u "s/^/[$name] /") 2>&1 &
     pids+=("$!")
 }
 start scheduler 8080

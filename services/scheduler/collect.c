@@ -205,9 +205,13 @@ void *sched_collect_main(void *arg)
                 db = NULL;
             sched_conf_put(c);
             /* Postgres down: the result is lost, but jobs hold the truth. */
-            if (db == NULL || btl_db_ensure(db) != 0 || sched_record_result(s, db, &m.body.exec))
+            int rrc = db == NULL ? BTL_EDB : btl_db_ensure(db);
+            if (rrc == 0)
+                rrc = sched_record_result(s, db, &m.body.exec);
+            if (rrc != 0)
                 BTL_WARN("exec.result not recorded", "task", m.body.exec.task, "error",
-                         db ? btl_db_last_error(db) : err);
+                         db && btl_db_last_error(db)[0] ? btl_db_last_error(db) : err, "code",
+                         btl_strerror(rrc));
         } else if (m.kind == BTL_MSG_POST) {
             /* Fan the event out to subscribers unchanged. */
             if (btl_bus_send(&s->pub, frame, len) == 0) {

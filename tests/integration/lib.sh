@@ -32,7 +32,7 @@ check() {
 free_port() {
     local p
     for _ in $(seq 1 500); do
-        p=$(( 20000 + RANDOM % 40000 ))
+        p=$(( 10000 + RANDOM % 22000 ))
         if ! (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null; then
             # Not handed out twice in one test.
             if ! grep -qx "$p" "$T/ports" 2>/dev/null; then echo "$p" >>"$T/ports"; echo "$p"; return; fi
@@ -125,16 +125,23 @@ http_ok() { curl -fsS -o /dev/null --max-time 2 "http://127.0.0.1:$1$2"; }
 sql_eq() { [ "$(sql "$1")" = "$2" ]; }
 sql_ge() { [ "$(sql "$1")" -ge "$2" ]; }
 
-# stop_service NAME: SIGTERM and wait (max 10 s); echo the exit status.
+# stop_service NAME: SIGTERM and wait (max 10 s); sets STOP_STATUS to the
+# exit status or "timeout". Not for $(...): wait needs this shell's child.
 stop_service() {
     local pid; pid=$(pid_of "$1")
     kill -TERM "$pid" 2>/dev/null || true
-    local deadline=$(( $(date +%s) + 10 ))
-    while kill -0 "$pid" 2>/dev/null && [ "$(date +%s)" -le "$deadline" ]; do sleep 0.05; done
-    if kill -0 "$pid" 2>/dev/null; then echo "timeout"; return; fi
-    local st=0
-    wait "$pid" || st=$?
-    echo "$st"
+    local deadline=$(( $(date +%s%N) / 1000000 + 10000 ))
+    while kill -0 "$pid" 2>/dev/null && (( $(date +%s%N) / 1000000 < deadline )); do
+        # A zombie counts as exited.
+        [ "$(ps -o stat= -p "$pid" 2>/dev/null | cut -c1)" = Z ] && break
+        sleep 0.05
+    done
+    if kill -0 "$pid" 2>/dev/null && [ "$(ps -o stat= -p "$pid" 2>/dev/null | cut -c1)" != Z ]; then
+        STOP_STATUS=timeout
+        return
+    fi
+    STOP_STATUS=0
+    wait "$pid" || STOP_STATUS=$?
 }
 
 control() { nngcat --req --dial "$CONTROL_URL" --data "$1" --ascii --recv-timeout 5 2>/dev/null; }

@@ -166,4 +166,13 @@ const btl_task_cfg *btl_config_task(const btl_config *cfg, const char *name);
  * "config/botticelli.yaml". Returns a static or argument pointer. */
 const char *btl_config_default_path(const char *explicit_path);
 
+/* Expand `${VAR}`, `${VAR:-default}` (default used when VAR is unset or
+ * empty) and `$$` (a literal `$`) in `in`. Any other `$` is kept as is.
+ * On success *out is a new NUL-terminated string the caller frees with
+ * free(). On failure returns BTL_ECONFIG (bad syntax, VAR unset without a
+ * default), BTL_ETOOBIG (result over 1 MiB) or BTL_ENOMEM, writes a reason
+ * without position ("environment variable VAR is not set") to err and leaves
+ * *out NULL. */
+int btl_config_env_expand(const char *in, char **out, char *err, size_t errlen);
+
 #endif

@@ -1,0 +1,505 @@
+#include "btl/jobs.h"
+
+#include "btl/err.h"
+#include "btl/util.h"
+
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Rows touched per statement by rescue/cleanup, so one call never holds
+ * locks on an unbounded set; they loop until a batch comes back short. */
+#define SWEEP_BATCH 5000
+#define SWEEP_ROUNDS 200
+#define UNIQUE_KEY_MAX 1024
+#define DELAY_MAX_MS (100LL * 365 * 24 * 3600 * 1000)
+
+void btl_job_clear(btl_job *j)
+{
+    if (j == NULL)
+        return;
+    free(j->payload);
+    memset(j, 0, sizeof *j);
+}
+
+/* ---- validation -------------------------------------------------------- */
+
+static bool str_ok(const char *s, size_t max)
+{
+    return s != NULL && s[0] != '\0' && strlen(s) <= max;
+}
+
+static int check_spec(const btl_job_spec *s)
+{
+    if (s == NULL || !str_ok(s->queue, 31) || !str_ok(s->kind, 63))
+        return BTL_EINVAL;
+    if (s->task_id != NULL && strlen(s->task_id) > 127)
+        return BTL_EINVAL;
+    if (s->max_attempts < 0 || s->max_attempts > 1000 || s->run_id < 0 || s->run_after_ms < 0 ||
+        s->delay_ms < 0 || s->delay_ms > DELAY_MAX_MS)
+        return BTL_EINVAL;
+    if (s->unique_key != NULL && !str_ok(s->unique_key, UNIQUE_KEY_MAX))
+        return BTL_EINVAL;
+    if (s->payload_json != NULL && strlen(s->payload_json) > BTL_JOBS_PAYLOAD_MAX)
+        return BTL_ETOOBIG;
+    return 0;
+}
+
+static int check_worker(const char *worker)
+{
+    return str_ok(worker, BTL_JOBS_WORKER_MAX) ? 0 : BTL_EINVAL;
+}
+
+static int check_lease(int64_t lease_ms)
+{
+    return lease_ms >= 1 && lease_ms <= BTL_JOBS_LEASE_MAX_MS ? 0 : BTL_EINVAL;
+}
+
+/* "{1,2,3}" for a bigint[] parameter; caller frees b. */
+static int id_array(const int64_t *ids, int n, btl_buf *b)
+{
+    int rc = 0;
+    btl_buf_init(b, (size_t)BTL_JOBS_BATCH_MAX * 22 + 8);
+    if ((rc = btl_buf_puts(b, "{")) != 0)
+        return rc;
+    for (int i = 0; i < n; i++) {
+        if ((rc = btl_buf_printf(b, "%s%" PRId64, i ? "," : "", ids[i])) != 0)
+            return rc;
+    }
+    return btl_buf_puts(b, "}");
+}
+
+static int check_batch(const int64_t *ids, int n)
+{
+    return n >= 0 && n <= BTL_JOBS_BATCH_MAX && (n == 0 || ids != NULL) ? 0 : BTL_EINVAL;
+}
+
+static int to_int(int64_t v)
+{
+    return v > INT32_MAX ? INT32_MAX : (int)v;
+}
+
+/* ---- enqueue ----------------------------------------------------------- */
+
+/* Columns $1..$10 shared by enqueue and enqueue_n. */
+#define INSERT_COLS                                                                                \
+    "INSERT INTO jobs (queue, kind, task_id, run_id, payload, max_attempts, run_after, "           \
+    "unique_key, priority) "
+#define RUN_AFTER_EXPR                                                                             \
+    "CASE WHEN $7::bigint IS NULL THEN now() + $8::bigint * interval '1 millisecond' "             \
+    "ELSE to_timestamp($7::float8 / 1000) END"
+
+typedef struct spec_params {
+    char run_id[24], max_attempts[16], run_after[24], delay[24], priority[16];
+    const char *v[11];
+} spec_params;
+
+static void fill_params(spec_params *p, const btl_job_spec *s, const char *unique)
+{
+    btl_snprintf(p->run_id, sizeof p->run_id, "%" PRId64, s->run_id);
+    btl_snprintf(p->max_attempts, sizeof p->max_attempts, "%d",
+                 s->max_attempts ? s->max_attempts : 5);
+    btl_snprintf(p->run_after, sizeof p->run_after, "%" PRId64, s->run_after_ms);
+    btl_snprintf(p->delay, sizeof p->delay, "%" PRId64, s->delay_ms);
+    btl_snprintf(p->priority, sizeof p->priority, "%d", s->priority);
+    p->v[0] = s->queue;
+    p->v[1] = s->kind;
+    p->v[2] = s->task_id;
+    p->v[3] = s->run_id ? p->run_id : NULL;
+    p->v[4] = s->payload_json ? s->payload_json : "{}";
+    p->v[5] = p->max_attempts;
+    p->v[6] = s->run_after_ms ? p->run_after : NULL;
+    p->v[7] = p->delay;
+    p->v[8] = unique;
+    p->v[9] = p->priority;
+    p->v[10] = NULL;
+}
+
+int btl_jobs_enqueue(btl_db *db, const btl_job_spec *spec, int64_t *id)
+{
+    static const char sql[] =
+        INSERT_COLS "VALUES ($1, $2, $3, $4::bigint, $5::jsonb, $6::int, " RUN_AFTER_EXPR
+                    ", $9, $10::int) ON CONFLICT (unique_key) DO NOTHING RETURNING id";
+    int rc = 0;
+    PGresult *r = NULL;
+    spec_params p;
+
+    if (id == NULL)
+        return BTL_EINVAL;
+    *id = 0;
+    if ((rc = check_spec(spec)) != 0)
+        return rc;
+    fill_params(&p, spec, spec->unique_key);
+    if ((rc = btl_db_query(db, sql, 10, p.v, &r)) != 0)
+        return rc;
+    /* No row back: the unique key was taken, a duplicate enqueue. */
+    if (PQntuples(r) == 1)
+        *id = btl_db_get_i64(r, 0, 0);
+    PQclear(r);
+    return 0;
+}
+
+int btl_jobs_enqueue_n(btl_db *db, const btl_job_spec *spec, int n, const char *unique_prefix,
+                       int *inserted)
+{
+    static const char sql[] =
+        INSERT_COLS "SELECT $1, $2, $3, $4::bigint, $5::jsonb, $6::int, " RUN_AFTER_EXPR
+                    ", CASE WHEN $9::text IS NULL THEN NULL ELSE $9::text || ':' || g END, "
+                    "$10::int FROM generate_series(1, $11::int) AS g "
+                    "ON CONFLICT (unique_key) DO NOTHING";
+    int rc = 0;
+    PGresult *r = NULL;
+    spec_params p;
+    char nbuf[16];
+
+    if (inserted == NULL)
+        return BTL_EINVAL;
+    *inserted = 0;
+    if ((rc = check_spec(spec)) != 0)
+        return rc;
+    if (n < 1 || n > BTL_JOBS_BATCH_MAX ||
+        (unique_prefix != NULL && !str_ok(unique_prefix, UNIQUE_KEY_MAX - 8)))
+        return BTL_EINVAL;
+    fill_params(&p, spec, unique_prefix);
+    btl_snprintf(nbuf, sizeof nbuf, "%d", n);
+    p.v[10] = nbuf;
+    if ((rc = btl_db_query(db, sql, 11, p.v, &r)) != 0)
+        return rc;
+    *inserted = to_int(btl_db_affected(r));
+    PQclear(r);
+    return 0;
+}
+
+/* ---- claim ------------------------------------------------------------- */
+
+static int cmp_claimed(const void *a, const void *b)
+{
+    const btl_job *x = a, *y = b;
+    return (x->id > y->id) - (x->id < y->id);
+}
+
+int btl_jobs_claim(btl_db *db, const char *queue, const char *worker, int limit, int64_t lease_ms,
+                   btl_job *out, int *n)
+{
+    /* ARRAY(...) is an InitPlan, evaluated exactly once: an IN (subquery)
+     * could be re-scanned by some plans, and with SKIP LOCKED each scan may
+     * pick different rows, so LIMIT would no longer bound the claim. */
+    static const char sql[] =
+        "UPDATE jobs SET status = 'running', locked_by = $2, "
+        "lease_until = now() + $4::bigint * interval '1 millisecond', "
+        "attempts = attempts + 1, attempted_at = now() "
+        "WHERE id = ANY (ARRAY("
+        "  SELECT id FROM jobs WHERE queue = $1 AND status = 'queued' AND run_after <= now() "
+        "  ORDER BY priority DESC, run_after, id LIMIT $3::int FOR UPDATE SKIP LOCKED)) "
+        "AND status = 'queued' "
+        "RETURNING id, kind, queue, coalesce(task_id, ''), coalesce(run_id, 0), payload::text, "
+        "attempts, max_attempts";
+    int rc = 0;
+    PGresult *r = NULL;
+    char lbuf[16], lease[24];
+    int filled = 0; /* entries of out initialised so far */
+
+    if (n == NULL)
+        return BTL_EINVAL;
+    *n = 0;
+    if (!str_ok(queue, 31) || out == NULL || limit < 1 || limit > BTL_JOBS_CLAIM_MAX)
+        return BTL_EINVAL;
+    if ((rc = check_worker(worker)) != 0 || (rc = check_lease(lease_ms)) != 0)
+        return rc;
+    btl_snprintf(lbuf, sizeof lbuf, "%d", limit);
+    btl_snprintf(lease, sizeof lease, "%" PRId64, lease_ms);
+    const char *params[] = {queue, worker, lbuf, lease};
+    if ((rc = btl_db_query(db, sql, 4, params, &r)) != 0)
+        return rc;
+    int rows = PQntuples(r);
+    if (rows > limit) { /* cannot happen; never overrun the caller's array */
+        rc = BTL_EDB;
+        goto out;
+    }
+    for (int got = 0; got < rows; got++) {
+        btl_job *j = &out[got];
+        memset(j, 0, sizeof *j);
+        filled = got + 1;
+        j->id = btl_db_get_i64(r, got, 0);
+        btl_strlcpy(j->kind, PQgetvalue(r, got, 1), sizeof j->kind);
+        btl_strlcpy(j->queue, PQgetvalue(r, got, 2), sizeof j->queue);
+        btl_strlcpy(j->task_id, PQgetvalue(r, got, 3), sizeof j->task_id);
+        j->run_id = btl_db_get_i64(r, got, 4);
+        j->attempts = (int)btl_db_get_i64(r, got, 6);
+        j->max_attempts = (int)btl_db_get_i64(r, got, 7);
+        j->payload = strdup(PQgetvalue(r, got, 5));
+        if (j->payload == NULL) {
+            rc = BTL_ENOMEM;
+            goto out;
+        }
+    }
+    /* RETURNING order is unspecified; id order keeps batches predictable. */
+    qsort(out, (size_t)rows, sizeof *out, cmp_claimed);
+    *n = rows;
+out:
+    if (rc != 0) {
+        for (int i = 0; i < filled; i++)
+            btl_job_clear(&out[i]);
+    }
+    PQclear(r);
+    return rc;
+}
+
+/* ---- transitions of held jobs ------------------------------------------ */
+
+/* Run a batch statement with $1 = ids array, $2 = worker, [$3 = extra];
+ * *affected = rows changed. */
+static int batch_update(btl_db *db, const char *sql, const int64_t *ids, int n, const char *worker,
+                        const char *extra, int *affected)
+{
+    int rc = 0;
+    btl_buf arr;
+    PGresult *r = NULL;
+
+    if (affected == NULL)
+        return BTL_EINVAL;
+    *affected = 0;
+    if ((rc = check_batch(ids, n)) != 0 || (rc = check_worker(worker)) != 0)
+        return rc;
+    if (db == NULL)
+        return BTL_EINVAL;
+    if (n == 0)
+        return 0;
+    if ((rc = id_array(ids, n, &arr)) != 0)
+        goto out;
+    const char *params[] = {arr.data, worker, extra};
+    if ((rc = btl_db_query(db, sql, extra ? 3 : 2, params, &r)) != 0)
+        goto out;
+    *affected = to_int(btl_db_affected(r));
+out:
+    PQclear(r);
+    btl_buf_free(&arr);
+    return rc;
+}
+
+int btl_jobs_extend(btl_db *db, const int64_t *ids, int n, const char *worker, int64_t lease_ms,
+                    int *n_extended)
+{
+    char lease[24];
+    if (check_lease(lease_ms) != 0) {
+        if (n_extended)
+            *n_extended = 0;
+        return BTL_EINVAL;
+    }
+    btl_snprintf(lease, sizeof lease, "%" PRId64, lease_ms);
+    return batch_update(
+        db,
+        "UPDATE jobs SET lease_until = now() + $3::bigint * interval '1 millisecond' "
+        "WHERE id = ANY ($1::bigint[]) AND status = 'running' AND locked_by = $2",
+        ids, n, worker, lease, n_extended);
+}
+
+int btl_jobs_complete(btl_db *db, const int64_t *ids, int n, const char *worker, int *n_done)
+{
+    return batch_update(db,
+                        "UPDATE jobs SET status = 'done', finished_at = now(), lease_until = NULL "
+                        "WHERE id = ANY ($1::bigint[]) AND status = 'running' AND locked_by = $2",
+                        ids, n, worker, NULL, n_done);
+}
+
+int btl_jobs_release(btl_db *db, const int64_t *ids, int n, const char *worker, int *n_released)
+{
+    return batch_update(db,
+                        "UPDATE jobs SET status = 'queued', attempts = greatest(attempts - 1, 0), "
+                        "lease_until = NULL "
+                        "WHERE id = ANY ($1::bigint[]) AND status = 'running' AND locked_by = $2",
+                        ids, n, worker, NULL, n_released);
+}
+
+/* Length of the valid UTF-8 sequence at s (as PostgreSQL accepts it: no
+ * overlongs, surrogates or code points past U+10FFFF), 0 if invalid. */
+static size_t utf8_seq(const unsigned char *s)
+{
+    unsigned char c = s[0];
+    if (c < 0x80)
+        return 1;
+    unsigned char lo = 0x80, hi = 0xBF;
+    size_t len;
+    if (c >= 0xC2 && c <= 0xDF) {
+        len = 2;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+        len = 3;
+        if (c == 0xE0)
+            lo = 0xA0;
+        else if (c == 0xED)
+            hi = 0x9F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        len = 4;
+        if (c == 0xF0)
+            lo = 0x90;
+        else if (c == 0xF4)
+            hi = 0x8F;
+    } else {
+        return 0;
+    }
+    if (s[1] < lo || s[1] > hi)
+        return 0;
+    for (size_t i = 2; i < len; i++) {
+        if (s[i] < 0x80 || s[i] > 0xBF)
+            return 0;
+    }
+    return len;
+}
+
+void btl_jobs_utf8_trunc(char *dst, size_t dstlen, const char *s, size_t max)
+{
+    if (dst == NULL || dstlen == 0)
+        return;
+    if (max > dstlen - 1)
+        max = dstlen - 1;
+    size_t o = 0;
+    const unsigned char *p = (const unsigned char *)(s ? s : "");
+    while (*p != '\0') {
+        size_t l = utf8_seq(p);
+        if (o + (l ? l : 1) > max)
+            break;
+        if (l == 0) {
+            dst[o++] = '?';
+            p++;
+        } else {
+            memcpy(dst + o, p, l);
+            o += l;
+            p += l;
+        }
+    }
+    dst[o] = '\0';
+}
+
+int btl_jobs_fail(btl_db *db, int64_t id, const char *worker, const char *error, bool permanent,
+                  bool *dead)
+{
+    /* attempts already counts the failed try (claim incremented it). */
+    static const char sql[] =
+        "UPDATE jobs SET "
+        "status = CASE WHEN $4::bool OR attempts >= max_attempts THEN 'dead' ELSE 'queued' END, "
+        "finished_at = CASE WHEN $4::bool OR attempts >= max_attempts THEN now() END, "
+        "run_after = CASE WHEN $4::bool OR attempts >= max_attempts THEN run_after "
+        "  ELSE now() + make_interval(secs => least(power(attempts, 4) + 1, 3600) "
+        "                                      * (0.9 + 0.2 * random())) END, "
+        "lease_until = NULL, last_error = $3 "
+        "WHERE id = $1::bigint AND status = 'running' AND locked_by = $2 "
+        "RETURNING status";
+    int rc = 0;
+    PGresult *r = NULL;
+    char idbuf[24];
+    char ebuf[BTL_JOBS_ERROR_MAX + 1];
+
+    if (dead != NULL)
+        *dead = false;
+    if ((rc = check_worker(worker)) != 0)
+        return rc;
+    btl_snprintf(idbuf, sizeof idbuf, "%" PRId64, id);
+    btl_jobs_utf8_trunc(ebuf, sizeof ebuf, error, BTL_JOBS_ERROR_MAX);
+    const char *params[] = {idbuf, worker, error ? ebuf : NULL, permanent ? "true" : "false"};
+    if ((rc = btl_db_query(db, sql, 4, params, &r)) != 0)
+        return rc;
+    if (PQntuples(r) != 1) {
+        rc = BTL_ECONFLICT; /* not ours any more (rescued, reclaimed or finished) */
+        goto out;
+    }
+    if (dead != NULL)
+        *dead = strcmp(PQgetvalue(r, 0, 0), "dead") == 0;
+out:
+    PQclear(r);
+    return rc;
+}
+
+/* ---- maintenance ------------------------------------------------------- */
+
+/* Repeat a bounded statement until a batch comes back short. */
+static int sweep(btl_db *db, const char *sql, int nparams, const char *const *params, int *n)
+{
+    int rc = 0;
+    int64_t total = 0;
+    if (n != NULL)
+        *n = 0;
+    if (db == NULL)
+        return BTL_EINVAL;
+    for (int round = 0; round < SWEEP_ROUNDS; round++) {
+        PGresult *r = NULL;
+        if ((rc = btl_db_query(db, sql, nparams, params, &r)) != 0)
+            break;
+        int64_t got = btl_db_affected(r);
+        PQclear(r);
+        total += got;
+        if (got < SWEEP_BATCH)
+            break;
+    }
+    if (n != NULL)
+        *n = to_int(total);
+    return rc;
+}
+
+#define STR_(x) #x
+#define STR(x) STR_(x)
+
+int btl_jobs_rescue(btl_db *db, int *n)
+{
+    static const char sql[] =
+        "UPDATE jobs SET "
+        "status = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'queued' END, "
+        "finished_at = CASE WHEN attempts >= max_attempts THEN now() END, "
+        "run_after = now(), lease_until = NULL, "
+        "last_error = 'lease expired (worker ' || coalesce(locked_by, '?') || ')' "
+        "WHERE id = ANY (ARRAY("
+        "  SELECT id FROM jobs WHERE status = 'running' AND lease_until < now() "
+        "  ORDER BY lease_until LIMIT " STR(
+            SWEEP_BATCH) " FOR UPDATE SKIP LOCKED)) "
+                         "AND status = 'running' AND lease_until < now()";
+    return sweep(db, sql, 0, NULL, n);
+}
+
+int btl_jobs_cleanup(btl_db *db, int64_t older_than_ms, int *n)
+{
+    static const char sql[] = "DELETE FROM jobs WHERE id = ANY (ARRAY("
+                              "  SELECT id FROM jobs WHERE status IN ('done', 'dead') "
+                              "  AND finished_at < now() - $1::bigint * interval '1 millisecond' "
+                              "  LIMIT " STR(SWEEP_BATCH) " FOR UPDATE SKIP LOCKED)) "
+                                                          "AND status IN ('done', 'dead')";
+    char buf[24];
+    if (older_than_ms < 0 || older_than_ms > DELAY_MAX_MS) {
+        if (n != NULL)
+            *n = 0;
+        return BTL_EINVAL;
+    }
+    btl_snprintf(buf, sizeof buf, "%" PRId64, older_than_ms);
+    const char *params[] = {buf};
+    return sweep(db, sql, 1, params, n);
+}
+
+int btl_jobs_count(btl_db *db, const char *queue, btl_jobs_counts *out)
+{
+    int rc = 0;
+    PGresult *r = NULL;
+    if (out == NULL)
+        return BTL_EINVAL;
+    memset(out, 0, sizeof *out);
+    const char *params[] = {queue};
+    rc = btl_db_query(db,
+                      "SELECT status, count(*) FROM jobs WHERE ($1::text IS NULL OR queue = $1) "
+                      "GROUP BY status",
+                      1, params, &r);
+    if (rc != 0)
+        return rc;
+    for (int i = 0; i < PQntuples(r); i++) {
+        const char *s = PQgetvalue(r, i, 0);
+        int64_t c = btl_db_get_i64(r, i, 1);
+        if (strcmp(s, "queued") == 0)
+            out->queued = c;
+        else if (strcmp(s, "running") == 0)
+            out->running = c;
+        else if (strcmp(s, "done") == 0)
+            out->done = c;
+        else if (strcmp(s, "failed") == 0)
+            out->failed = c;
+        else if (strcmp(s, "dead") == 0)
+            out->dead = c;
+    }
+    PQclear(r);
+    return 0;
+}
