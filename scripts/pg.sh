@@ -46,7 +46,11 @@ start)
     if as_owner "$bindir/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then
         url_of; exit 0
     fi
-    port=$(free_port)
+    # BTL_PG_PORT asks for a fixed port (make run), if it is free.
+    port=${BTL_PG_PORT:-}
+    if [ -z "$port" ] || (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then
+        port=$(free_port)
+    fi
     echo "$port" >"$dir/port"
     as_owner "$bindir/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 \
         -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200 -c shared_buffers=128MB" \

@@ -8,7 +8,7 @@ BUILD=${1:-build}
 ROOT=$(pwd)
 mkdir -p var
 chmod 755 var
-DATABASE_URL=$(scripts/pg.sh start var/pg)
+DATABASE_URL=$(BTL_PG_PORT=${BTL_PG_PORT:-54329} scripts/pg.sh start var/pg)
 export DATABASE_URL
 export BTL_CONFIG=${BTL_CONFIG:-config/botticelli.yaml}
 export BTL_MIGRATIONS="$ROOT/migrations"
@@ -47,6 +47,7 @@ Botticelli is running.
   workers       metrics on :8081 (generator) :8082 (curator) :8083 (poster)
   control       nngcat --req --dial tcp://127.0.0.1:7452 --data 'trigger generation' --ascii
   history       $BUILD/btl history generation
+  CLI env       export DATABASE_URL=$DATABASE_URL   (for btl migrate/validate)
 Ctrl-C stops everything.
 
 MSG

@@ -112,13 +112,13 @@ static int control(const cli *c, const char *request, json_t **reply)
     const char *env = getenv("BTL_CONTROL_URL");
     if (env && env[0]) {
         btl_strlcpy(url, env, sizeof url);
-    } else {
-        if ((rc = load_config(c, NULL, &cfg)) != 0)
-            goto out;
-        if ((rc = btl_bus_dial_url(cfg->bus.connect, cfg->bus.control, url, sizeof url)) != 0) {
-            fprintf(stderr, "btl: bad bus.control/bus.connect address\n");
-            goto out;
-        }
+    } else if (load_config(c, NULL, &cfg) != 0) {
+        /* Like redis-cli: without a usable config, talk to the local default. */
+        btl_strlcpy(url, "tcp://127.0.0.1:7452", sizeof url);
+        fprintf(stderr, "btl: using the default control address %s\n", url);
+    } else if ((rc = btl_bus_dial_url(cfg->bus.connect, cfg->bus.control, url, sizeof url)) != 0) {
+        fprintf(stderr, "btl: bad bus.control/bus.connect address\n");
+        goto out;
     }
     if ((rc = btl_bus_req_dial(&sock, url, 5000)) != 0 ||
         (rc = btl_bus_send(&sock, request, strlen(request))) != 0 ||
