@@ -184,10 +184,12 @@ int btl_bus_local_port(const btl_bus_sock *s, int *port)
 
 int btl_bus_send(btl_bus_sock *s, const void *buf, size_t len)
 {
-    if (s == NULL || !s->open || (buf == NULL && len > 0))
+    if (s == NULL || (buf == NULL && len > 0))
         return BTL_EINVAL;
     if (len > BTL_PROTO_MAX_FRAME)
         return BTL_ETOOBIG;
+    if (!s->open)
+        return BTL_ECLOSED;
     /* nng_send without NNG_FLAG_ALLOC copies buf. */
     return btl_bus_nng_err(nng_send(s->s, (void *)buf, len, 0));
 }

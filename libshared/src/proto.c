@@ -94,6 +94,55 @@ static bool utf8_ok(const unsigned char *s, size_t n)
     return true;
 }
 
+/* Length of the valid UTF-8 sequence at s[0..n), 0 if invalid, or
+ * (size_t)-1 if it is a valid prefix cut off by the end of the buffer. */
+static size_t utf8_seq(const unsigned char *s, size_t n)
+{
+    size_t want = 0;
+    for (size_t len = 1; len <= 4 && len <= n; len++) {
+        if (utf8_ok(s, len))
+            return len;
+    }
+    /* A cut-off prefix: lead byte announces more bytes than remain. */
+    unsigned char c = s[0];
+    if (c >= 0xc2 && c <= 0xdf)
+        want = 2;
+    else if (c >= 0xe0 && c <= 0xef)
+        want = 3;
+    else if (c >= 0xf0 && c <= 0xf4)
+        want = 4;
+    if (want > n) {
+        for (size_t i = 1; i < n; i++)
+            if ((s[i] & 0xc0) != 0x80)
+                return 0;
+        return (size_t)-1;
+    }
+    return 0;
+}
+
+size_t btl_proto_utf8_sanitize(char *s)
+{
+    if (s == NULL)
+        return 0;
+    unsigned char *p = (unsigned char *)s;
+    size_t n = strlen(s), i = 0, changed = 0;
+    while (i < n) {
+        size_t k = utf8_seq(p + i, n - i);
+        if (k == (size_t)-1) { /* truncated tail: drop it */
+            changed += n - i;
+            p[i] = '\0';
+            break;
+        }
+        if (k == 0) {
+            p[i] = '?';
+            changed++;
+            k = 1;
+        }
+        i += k;
+    }
+    return changed;
+}
+
 /* ---- failure reporting -------------------------------------------------- */
 
 struct dctx {
@@ -279,10 +328,11 @@ int btl_proto_init(btl_msg *m, const char *type, const char *src)
     btl_strlcpy(m->trace, m->id, sizeof m->trace);
     m->ts = btl_now_ms();
     if (src)
-        rc = btl_strlcpy(m->src, src, sizeof m->src);
+        btl_strlcpy(m->src, src, sizeof m->src);
     else
         btl_default_instance(m->src, sizeof m->src);
-    return rc;
+    btl_proto_utf8_sanitize(m->src);
+    return 0;
 }
 
 void btl_msg_free(btl_msg *m)

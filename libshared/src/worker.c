@@ -168,6 +168,8 @@ static void report(worker_shared *ws, const run_agg *a)
         r->has_error = true;
         btl_snprintf(r->error, sizeof r->error, "%s%s", a->unrecoverable ? BTL_UNRECOVERABLE_PREFIX : "",
                      a->error);
+        /* Truncation may split a character; the encoder refuses bad UTF-8. */
+        btl_proto_utf8_sanitize(r->error);
     }
     r->processed = a->processed;
     r->failed = a->failed;
@@ -259,10 +261,15 @@ static int drain(worker_shared *ws, btl_worker_env *env, btl_job *batch, int64_t
                 }
             }
             if (n_ok < ndone) {
-                /* Lost leases: these jobs were rescued and may run elsewhere. */
-                run_agg *a = agg_for(aggs, &naggs, &batch[0]);
-                a->processed -= ndone - n_ok;
-                a->skipped += ndone - n_ok;
+                /* Lost leases: these jobs were rescued and may run elsewhere,
+                 * where their completion is reported. Not counted here. */
+                int64_t lost = ndone - n_ok;
+                for (int k = 0; k < naggs && lost > 0; k++) {
+                    int64_t take = aggs[k].processed < lost ? aggs[k].processed : lost;
+                    aggs[k].processed -= take;
+                    aggs[k].skipped += take;
+                    lost -= take;
+                }
                 BTL_WARN("lease lost before completion", "count",
                          btl_log_i64((char[32]){0}, ndone - n_ok));
             }

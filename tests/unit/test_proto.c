@@ -181,6 +181,46 @@ static void test_init(void **state)
     assert_int_equal(btl_proto_init(&a, "tick.nobody", "me"), BTL_EINVAL);
 }
 
+static void expect_sanitize(const char *in, const char *want, size_t want_changed)
+{
+    char buf[64];
+    btl_strlcpy(buf, in, sizeof buf);
+    assert_int_equal(btl_proto_utf8_sanitize(buf), want_changed);
+    assert_string_equal(buf, want);
+}
+
+static void test_utf8_sanitize(void **state)
+{
+    (void)state;
+    expect_sanitize("plain", "plain", 0);
+    expect_sanitize("caf\xc3\xa9 \xf0\x9f\x8e\xa8", "caf\xc3\xa9 \xf0\x9f\x8e\xa8", 0);
+    expect_sanitize("cut \xf0\x9f\x8e", "cut ", 3);  /* truncated 4-byte tail */
+    expect_sanitize("cut \xc3", "cut ", 1);          /* truncated 2-byte tail */
+    expect_sanitize("a\xff-\xc0\xaf+", "a?-??+", 3); /* invalid and overlong */
+    expect_sanitize("\xed\xa0\x80x", "???x", 3);     /* surrogate */
+    expect_sanitize("\xc3x", "?x", 1);               /* lead without continuation */
+    assert_int_equal(btl_proto_utf8_sanitize(NULL), 0);
+
+    /* A message whose error text was cut mid-character encodes after it. */
+    btl_msg m;
+    make_exec(&m);
+    char *buf = NULL;
+    size_t len = 0;
+    btl_snprintf(m.body.exec.error, 12, "%s", "error: \xe2\x82\xac\xe2\x82\xac");
+    assert_int_equal(btl_proto_encode(&m, &buf, &len), BTL_EINVAL);
+    assert_int_equal(btl_proto_utf8_sanitize(m.body.exec.error), 1);
+    assert_string_equal(m.body.exec.error, "error: \xe2\x82\xac");
+    roundtrip(&m);
+
+    /* An over-long src is truncated on a character boundary. */
+    char src[200];
+    memset(src, 'a', sizeof src);
+    memcpy(src + 125, "\xe2\x82\xac", 3);
+    src[sizeof src - 1] = '\0';
+    assert_int_equal(btl_proto_init(&m, "tick.poster", src), 0);
+    assert_int_equal(strlen(m.src), 125);
+}
+
 static void test_roundtrip_all(void **state)
 {
     (void)state;
@@ -897,6 +937,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_kind_of),
         cmocka_unit_test(test_init),
+        cmocka_unit_test(test_utf8_sanitize),
         cmocka_unit_test(test_roundtrip_all),
         cmocka_unit_test(test_encode_rejects_invalid),
         cmocka_unit_test(test_decode_handbuilt_ok),

@@ -44,15 +44,17 @@ int btl_bus_pull_listen(btl_bus_sock *s, const char *url);
  * BTL_ETIMEDOUT when no scheduler is connected. */
 int btl_bus_push_dial(btl_bus_sock *s, const char *url);
 int btl_bus_rep_listen(btl_bus_sock *s, const char *url);
-/* For the CLI: blocking dial (fails at once if nobody listens), send and
- * receive time out after timeout_ms (<= 0 → 5000). */
+/* For the CLI: blocking dial (fails at once if nobody listens); sends time
+ * out after timeout_ms (<= 0 → 5000). Pass the reply deadline to
+ * btl_bus_recv. */
 int btl_bus_req_dial(btl_bus_sock *s, const char *url, int timeout_ms);
 
 /* TCP port a listening socket is bound to (useful with port 0). */
 int btl_bus_local_port(const btl_bus_sock *s, int *port);
 
 /* Send a copy of buf. BTL_ETOOBIG if len > BTL_PROTO_MAX_FRAME (no peer
- * would accept it). */
+ * would accept it), BTL_ECLOSED on a closed socket. PUB never blocks; PUSH
+ * gives up after BTL_BUS_PUSH_SENDTIMEO_MS. */
 int btl_bus_send(btl_bus_sock *s, const void *buf, size_t len);
 
 /* Receive one frame, waiting at most timeout_ms (-1 = forever, 0 = only

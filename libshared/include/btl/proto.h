@@ -98,8 +98,17 @@ enum btl_msg_kind btl_proto_kind_of(const char *topic);
 
 /* Zero *m and fill the envelope: v=1, fresh random id (32 hex chars),
  * ts=now ms, type, kind, src (NULL → "host/pid"), trace = id. The caller
- * fills the body afterwards. BTL_EINVAL on unknown type. */
+ * fills the body afterwards. A src that does not fit is truncated (it is
+ * informational). BTL_EINVAL on unknown type, BTL_EIO if no randomness. */
 int btl_proto_init(btl_msg *m, const char *type, const char *src);
+
+/* Make the NUL-terminated string s valid UTF-8 in place: a sequence cut
+ * short at the end (as btl_snprintf/btl_strlcpy truncation leaves it) is
+ * dropped, any other invalid byte becomes '?'. Returns the number of bytes
+ * changed or dropped. Call it on text from outside (LLM or HTTP error
+ * bodies) before putting it in a message: the encoder refuses invalid
+ * UTF-8 rather than send what a strict decoder would reject. */
+size_t btl_proto_utf8_sanitize(char *s);
 
 /* Encode the whole frame (topic, space, msgpack envelope). *out is malloc'd
  * and owned by the caller (free()); *len is its length. Validates *m with
@@ -115,7 +124,8 @@ int btl_proto_encode(const btl_msg *m, char **out, size_t *len);
  * and writes a detail such as "body.run_id: expected int, got str" to why
  * (if why != NULL && whylen > 0). Invalid msgpack bytes are "bad_value";
  * a non-string map key is "bad_type"; a duplicate key is "bad_value".
- * Whether it succeeds or fails, the caller must btl_msg_free(out). */
+ * On success the caller owns out and must btl_msg_free(out); on failure
+ * *out is left zeroed (btl_msg_free is harmless). */
 int btl_proto_decode(const void *frame, size_t len, btl_msg *out, const char **reason, char *why,
                      size_t whylen);
 
