@@ -45,6 +45,21 @@ int btl_bus_nng_err(int nng_rv)
 
 typedef int (*open_fn)(nng_socket *);
 
+static void pipe_event(nng_pipe p, nng_pipe_ev ev, void *arg)
+{
+    (void)p;
+    btl_bus_sock *s = arg;
+    if (ev == NNG_PIPE_EV_ADD_POST)
+        atomic_fetch_add(&s->pipes, 1);
+    else if (ev == NNG_PIPE_EV_REM_POST)
+        atomic_fetch_sub(&s->pipes, 1);
+}
+
+int btl_bus_connected(const btl_bus_sock *s)
+{
+    return s->open ? atomic_load(&((btl_bus_sock *)s)->pipes) : 0;
+}
+
 /* Open a socket and apply the options every socket shares. */
 static int sock_open(btl_bus_sock *s, open_fn fn)
 {
@@ -53,6 +68,9 @@ static int sock_open(btl_bus_sock *s, open_fn fn)
     if (rv)
         return btl_bus_nng_err(rv);
     s->open = true;
+    /* Registered before any dial, so no early connection goes uncounted. */
+    nng_pipe_notify(s->s, NNG_PIPE_EV_ADD_POST, pipe_event, s);
+    nng_pipe_notify(s->s, NNG_PIPE_EV_REM_POST, pipe_event, s);
     rv = nng_socket_set_size(s->s, NNG_OPT_RECVMAXSZ, BTL_PROTO_MAX_FRAME);
     if (rv == 0)
         rv = nng_socket_set_ms(s->s, NNG_OPT_RECONNMINT, RECONN_MIN_MS);

@@ -42,8 +42,7 @@ struct worker_shared {
     pthread_cond_t wake;
     uint64_t wake_gen;
     atomic_int db_ok;       /* heartbeat connection usable */
-    atomic_int sub_pipes;   /* connected pipes on the tick SUB socket */
-    atomic_int push_pipes;  /* connected pipes on the result PUSH socket */
+    btl_bus_sock *sub;      /* the tick subscription (owned by btl_worker_main) */
     atomic_int running;     /* threads are up: /health/ready may pass */
     bool heartbeat_started;
     worker_thread *threads;
@@ -56,16 +55,6 @@ struct worker_shared {
     btl_metric *m_frames;
     btl_metric *m_rejected;
 };
-
-static void pipe_count_cb(nng_pipe p, nng_pipe_ev ev, void *arg)
-{
-    (void)p;
-    atomic_int *n = arg;
-    if (ev == NNG_PIPE_EV_ADD_POST)
-        atomic_fetch_add(n, 1);
-    else if (ev == NNG_PIPE_EV_REM_POST)
-        atomic_fetch_sub(n, 1);
-}
 
 int btl_worker_run_op(const char *op, volatile sig_atomic_t *stop, btl_job_outcome *outcome)
 {
@@ -380,7 +369,7 @@ static int ready_cb(void *ud, char *why, size_t n)
         btl_strlcpy(why, "database unreachable", n);
         return 1;
     }
-    if (atomic_load(&ws->sub_pipes) <= 0 || atomic_load(&ws->push_pipes) <= 0) {
+    if (btl_bus_connected(ws->sub) <= 0 || btl_bus_connected(&ws->push) <= 0) {
         btl_strlcpy(why, "not connected to the scheduler bus", n);
         return 1;
     }
@@ -452,6 +441,7 @@ int btl_worker_main(const btl_worker_opts *opts, volatile sig_atomic_t *stop,
     char topic[64], sub_url[256];
     memset(&ws, 0, sizeof ws);
     ws.opts = opts;
+    ws.sub = &sub;
     pthread_mutex_init(&ws.lock, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
@@ -499,11 +489,6 @@ int btl_worker_main(const btl_worker_opts *opts, volatile sig_atomic_t *stop,
         BTL_ERROR("cannot open bus sockets", "error", btl_strerror(rc));
         goto out;
     }
-    nng_pipe_notify(sub.s, NNG_PIPE_EV_ADD_POST, pipe_count_cb, &ws.sub_pipes);
-    nng_pipe_notify(sub.s, NNG_PIPE_EV_REM_POST, pipe_count_cb, &ws.sub_pipes);
-    nng_pipe_notify(ws.push.s, NNG_PIPE_EV_ADD_POST, pipe_count_cb, &ws.push_pipes);
-    nng_pipe_notify(ws.push.s, NNG_PIPE_EV_REM_POST, pipe_count_cb, &ws.push_pipes);
-
     if ((rc = start_threads(&ws)) != 0)
         goto out;
     atomic_store(&ws.running, 1);

@@ -371,11 +371,21 @@ static int load_row(btl_db *db, const char *name, task_row *row)
     return 0;
 }
 
+/* A fire counts as missed (not merely late) when the schedule's next fire
+ * after it is already due too: no scheduler ran through a whole period. */
+static bool following_also_due(const sched_task *t, int64_t due_ms, int64_t now_ms)
+{
+    int64_t following;
+    return btl_schedule_kind(t->schedule) != BTL_SCHED_ONCE &&
+           btl_schedule_next(t->schedule, due_ms, &following) == 0 && following <= now_ms;
+}
+
 static void fire_due(scheduler *s, btl_db *db, const sched_conf *c)
 {
     const btl_config *cfg = c->cfg;
     int64_t now = btl_now_ms();
-    /* A fire later than this was missed while no scheduler ran. */
+    /* A fire later than this was missed while no scheduler ran, whatever
+     * its period. */
     int64_t grace = cfg->scheduler.check_interval_ms * 3;
     if (grace < 60000)
         grace = 60000;
@@ -410,7 +420,7 @@ static void fire_due(scheduler *s, btl_db *db, const sched_conf *c)
         const char *reason = "scheduled";
         if (btl_schedule_kind(t->schedule) == BTL_SCHED_IMMEDIATE)
             reason = "startup";
-        else if (now - row.next_run > grace)
+        else if (now - row.next_run > grace || following_also_due(t, row.next_due, now))
             reason = "catchup";
         if (tc->window.set) {
             btl_window w = {tc->window.from_min, tc->window.to_min, t->window_tz};

@@ -125,25 +125,6 @@ http_ok() { curl -fsS -o /dev/null --max-time 2 "http://127.0.0.1:$1$2"; }
 sql_eq() { [ "$(sql "$1")" = "$2" ]; }
 sql_ge() { [ "$(sql "$1")" -ge "$2" ]; }
 
-# stop_service NAME: SIGTERM and wait (max 10 s); sets STOP_STATUS to the
-# exit status or "timeout". Not for $(...): wait needs this shell's child.
-stop_service() {
-    local pid; pid=$(pid_of "$1")
-    kill -TERM "$pid" 2>/dev/null || true
-    local deadline=$(( $(date +%s%N) / 1000000 + 10000 ))
-    while kill -0 "$pid" 2>/dev/null && (( $(date +%s%N) / 1000000 < deadline )); do
-        # A zombie counts as exited.
-        [ "$(ps -o stat= -p "$pid" 2>/dev/null | cut -c1)" = Z ] && break
-        sleep 0.05
-    done
-    if kill -0 "$pid" 2>/dev/null && [ "$(ps -o stat= -p "$pid" 2>/dev/null | cut -c1)" != Z ]; then
-        STOP_STATUS=timeout
-        return
-    fi
-    STOP_STATUS=0
-    wait "$pid" || STOP_STATUS=$?
-}
-
 control() { nngcat --req --dial "$CONTROL_URL" --data "$1" --ascii --recv-timeout 5 2>/dev/null; }
 
 # Sanitizer reports anywhere fail the test.
@@ -160,4 +141,32 @@ finish() {
     check_sanitizers || true
     echo "$PASSES passed, $FAILS failed"
     [ "$FAILS" -eq 0 ]
+}
+
+# stop_wait NAME: SIGTERM, then wait on the child itself (max 10 s, then
+# SIGKILL); sets STOP_STATUS to the exit status or "timeout". Not for $(...):
+# wait needs this shell's child.
+stop_wait() {
+    local pid dog; pid=$(pid_of "$1")
+    rm -f "$T/.stop_timeout"
+    kill -TERM "$pid" 2>/dev/null || true
+    (
+        sleep 10
+        if kill -0 "$pid" 2>/dev/null; then touch "$T/.stop_timeout"; kill -KILL "$pid"; fi
+    ) >/dev/null 2>&1 &
+    dog=$!
+    STOP_STATUS=0
+    wait "$pid" 2>/dev/null || STOP_STATUS=$?
+    kill "$dog" 2>/dev/null || true
+    wait "$dog" 2>/dev/null || true
+    if [ -f "$T/.stop_timeout" ]; then STOP_STATUS=timeout; rm -f "$T/.stop_timeout"; fi
+}
+
+# rss_kib PID: resident set size of a live process in KiB.
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+
+# metric PORT NAME: sum of every sample of metric NAME on PORT's /metrics.
+metric() {
+    curl -fsS --max-time 5 "http://127.0.0.1:$1/metrics" |
+        awk -v m="$2" '$1 == m || index($1, m "{") == 1 { s += $NF } END { printf "%d\n", s }'
 }

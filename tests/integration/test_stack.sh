@@ -89,7 +89,7 @@ check "metrics: circuit trips" grep -q '^btl_circuit_breaker_trips_total{task="f
 check "metrics: worker jobs" bash -c "curl -fsS http://127.0.0.1:$HTTP_GEN/metrics | grep -q '^btl_jobs_processed_total'"
 
 for s in scheduler generator curator poster; do
-    stop_service "$s"
+    stop_wait "$s"
     check "$s exits 0 on SIGTERM within 10 s (got $STOP_STATUS)" test "$STOP_STATUS" = 0
 done
 finish

@@ -13,6 +13,7 @@
 #include <stddef.h>
 
 #include <nng/nng.h>
+#include <stdatomic.h>
 
 #include "btl/proto.h"
 
@@ -20,12 +21,17 @@
 
 /* A socket; zero-initialise before use. btl_bus_close() on every socket a
  * btl_bus_*_listen/_dial call returned 0 for (safe on zeroed/closed ones). */
+/* The struct must not move while open: nng's pipe callbacks point at it. */
 typedef struct btl_bus_sock {
     nng_socket s;
     bool open;
     bool has_listener;
-    nng_listener l; /* valid if has_listener */
+    nng_listener l;    /* valid if has_listener */
+    atomic_int pipes;  /* connected peers, kept by nng pipe notifications */
 } btl_bus_sock;
+
+/* Number of peers connected right now (readiness: "bus actually working"). */
+int btl_bus_connected(const btl_bus_sock *s);
 
 /* Map an nng error to BTL_E*: NNG_ETIMEDOUT → BTL_ETIMEDOUT, NNG_ECLOSED →
  * BTL_ECLOSED, NNG_EMSGSIZE → BTL_ETOOBIG, NNG_EAGAIN → BTL_EAGAIN,
