@@ -249,8 +249,11 @@ out:
 
 /* Run a batch statement with $1 = ids array, $2 = worker, [$3 = extra];
  * *affected = rows changed. */
-static int batch_update(btl_db *db, const char *sql, const int64_t *ids, int n, const char *worker,
-                        const char *extra, int *affected)
+/* Runs a batch statement over ids held by worker. When returned is not NULL
+ * the statement has "RETURNING id" and the ids it touched land there. */
+static int batch_update_ret(btl_db *db, const char *sql, const int64_t *ids, int n,
+                            const char *worker, const char *extra, int *affected,
+                            int64_t *returned)
 {
     int rc = 0;
     btl_buf arr;
@@ -271,10 +274,22 @@ static int batch_update(btl_db *db, const char *sql, const int64_t *ids, int n, 
     if ((rc = btl_db_query(db, sql, extra ? 3 : 2, params, &r)) != 0)
         goto out;
     *affected = to_int(btl_db_affected(r));
+    if (returned != NULL) {
+        int rows = PQntuples(r);
+        for (int i = 0; i < rows && i < n; i++)
+            returned[i] = btl_db_get_i64(r, i, 0);
+        *affected = rows < n ? rows : n;
+    }
 out:
     PQclear(r);
     btl_buf_free(&arr);
     return rc;
+}
+
+static int batch_update(btl_db *db, const char *sql, const int64_t *ids, int n, const char *worker,
+                        const char *extra, int *affected)
+{
+    return batch_update_ret(db, sql, ids, n, worker, extra, affected, NULL);
 }
 
 int btl_jobs_extend(btl_db *db, const int64_t *ids, int n, const char *worker, int64_t lease_ms,
@@ -300,6 +315,16 @@ int btl_jobs_complete(btl_db *db, const int64_t *ids, int n, const char *worker,
                         "UPDATE jobs SET status = 'done', finished_at = now(), lease_until = NULL "
                         "WHERE id = ANY ($1::bigint[]) AND status = 'running' AND locked_by = $2",
                         ids, n, worker, NULL, n_done);
+}
+
+int btl_jobs_complete_ids(btl_db *db, const int64_t *ids, int n, const char *worker,
+                          int64_t *done_ids, int *n_done)
+{
+    return batch_update_ret(db,
+                            "UPDATE jobs SET status = 'done', finished_at = now(), lease_until = "
+                            "NULL WHERE id = ANY ($1::bigint[]) AND status = 'running' AND "
+                            "locked_by = $2 RETURNING id",
+                            ids, n, worker, NULL, n_done, done_ids);
 }
 
 int btl_jobs_release(btl_db *db, const int64_t *ids, int n, const char *worker, int *n_released)

@@ -175,7 +175,8 @@ static void report(worker_shared *ws, const run_agg *a)
 /* One drain cycle: claim batches until the queue is empty, a second has
  * passed (so long drains still report), or we are stopping. Returns the
  * number of jobs claimed. */
-static int drain(worker_shared *ws, btl_worker_env *env, btl_job *batch, int64_t *ids)
+static int drain(worker_shared *ws, btl_worker_env *env, btl_job *batch, int64_t *ids,
+                 int64_t *done)
 {
     const btl_config *cfg = ws->cfg;
     run_agg aggs[MAX_AGG];
@@ -193,6 +194,7 @@ static int drain(worker_shared *ws, btl_worker_env *env, btl_job *batch, int64_t
             break;
         total += n;
         int ndone = 0;
+        bool skipped[1000]; /* worker.batch_size is at most 1000 */
         int i;
         btl_metric_inc(ws->m_active, NULL, n);
         for (i = 0; i < n && !ws->stop; i++) {
@@ -206,9 +208,8 @@ static int drain(worker_shared *ws, btl_worker_env *env, btl_job *batch, int64_t
                 break; /* interrupted by shutdown: released below */
             }
             if (rc == 0) {
+                skipped[ndone] = oc.skipped;
                 ids[ndone++] = job->id;
-                if (oc.skipped)
-                    a->skipped++;
                 continue;
             }
             bool dead = false;
@@ -236,32 +237,29 @@ static int drain(worker_shared *ws, btl_worker_env *env, btl_job *batch, int64_t
         }
         if (ndone > 0) {
             int n_ok = 0;
-            rc = btl_jobs_complete(env->db, ids, ndone, ws->opts->instance, &n_ok);
+            rc = btl_jobs_complete_ids(env->db, ids, ndone, ws->opts->instance, done, &n_ok);
             if (rc != 0)
                 BTL_WARN("complete failed", "error", btl_db_last_error(env->db));
-            /* Count per job only what the database accepted as ours. */
-            for (int k = 0; k < i; k++) {
-                for (int d = 0; d < ndone; d++) {
-                    if (ids[d] == batch[k].id) {
+            /* Count only what the database accepted as ours: a job whose
+             * lease ran out was rescued and is reported where it completes. */
+            for (int d = 0; d < ndone; d++) {
+                bool ours = false;
+                for (int k = 0; k < n_ok && !ours; k++)
+                    ours = done[k] == ids[d];
+                for (int k = 0; k < i; k++) {
+                    if (batch[k].id == ids[d]) {
                         run_agg *a = agg_for(aggs, &naggs, &batch[k]);
-                        a->processed++;
+                        if (ours && !skipped[d])
+                            a->processed++;
+                        else
+                            a->skipped++;
                         break;
                     }
                 }
             }
-            if (n_ok < ndone) {
-                /* Lost leases: these jobs were rescued and may run elsewhere,
-                 * where their completion is reported. Not counted here. */
-                int64_t lost = ndone - n_ok;
-                for (int k = 0; k < naggs && lost > 0; k++) {
-                    int64_t take = aggs[k].processed < lost ? aggs[k].processed : lost;
-                    aggs[k].processed -= take;
-                    aggs[k].skipped += take;
-                    lost -= take;
-                }
+            if (n_ok < ndone)
                 BTL_WARN("lease lost before completion", "count",
                          btl_log_i64((char[32]){0}, ndone - n_ok));
-            }
             const char *lv[] = {"all", "done"};
             btl_metric_inc(ws->m_jobs, lv, n_ok);
         }
@@ -283,7 +281,8 @@ static void *thread_main(void *arg)
     int bs = ws->cfg->worker.batch_size;
     btl_job *batch = calloc((size_t)bs, sizeof *batch);
     int64_t *ids = calloc((size_t)bs, sizeof *ids);
-    if (batch == NULL || ids == NULL)
+    int64_t *done = calloc((size_t)bs, sizeof *done);
+    if (batch == NULL || ids == NULL || done == NULL)
         goto out;
     uint64_t seen = 0;
     while (!ws->stop) {
@@ -304,7 +303,7 @@ static void *thread_main(void *arg)
                               .service = ws->opts->service,
                               .instance = ws->opts->instance,
                               .stop = &ws->stop};
-        int got = drain(ws, &env, batch, ids);
+        int got = drain(ws, &env, batch, ids, done);
         if (got > 0)
             continue; /* more may be waiting */
         /* Sleep until a tick or the fallback poll. */
@@ -324,6 +323,7 @@ out:
     btl_db_close(db);
     free(batch);
     free(ids);
+    free(done);
     return NULL;
 }
 

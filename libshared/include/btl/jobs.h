@@ -86,6 +86,12 @@ int btl_jobs_extend(btl_db *db, const int64_t *ids, int n, const char *worker, i
  * jobs not held any more are not counted and not touched. */
 int btl_jobs_complete(btl_db *db, const int64_t *ids, int n, const char *worker, int *n_done);
 
+/* As btl_jobs_complete, and also tells which: done_ids (room for n) gets
+ * the ids actually completed, *n_done of them, so a caller can account for
+ * each job whose lease it lost. */
+int btl_jobs_complete_ids(btl_db *db, const int64_t *ids, int n, const char *worker,
+                          int64_t *done_ids, int *n_done);
+
 /* Failure of a held job: if permanent or attempts >= max_attempts → dead
  * (finished_at set); else queued with run_after = now() + backoff,
  * backoff = min(attempts^4 s + 1 s, 1 h) +- 10 % jitter. error (may be NULL)
