@@ -252,8 +252,7 @@ out:
 /* Runs a batch statement over ids held by worker. When returned is not NULL
  * the statement has "RETURNING id" and the ids it touched land there. */
 static int batch_update_ret(btl_db *db, const char *sql, const int64_t *ids, int n,
-                            const char *worker, const char *extra, int *affected,
-                            int64_t *returned)
+                            const char *worker, const char *extra, int *affected, int64_t *returned)
 {
     int rc = 0;
     btl_buf arr;

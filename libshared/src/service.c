@@ -58,26 +58,37 @@ int btl_service_parse_args(int argc, char **argv, const char *service, const cha
                            btl_service_args *out)
 {
     static const struct option longopts[] = {
-        {"config", required_argument, NULL, 'c'}, {"http", required_argument, NULL, 'H'},
+        {"config", required_argument, NULL, 'c'},   {"http", required_argument, NULL, 'H'},
         {"instance", required_argument, NULL, 'i'}, {"help", no_argument, NULL, 'h'},
-        {"version", no_argument, NULL, 'V'},      {NULL, 0, NULL, 0}};
+        {"version", no_argument, NULL, 'V'},        {NULL, 0, NULL, 0}};
     const char *config = NULL;
     memset(out, 0, sizeof *out);
     optind = 1;
     int c;
     while ((c = getopt_long(argc, argv, "c:H:i:hV", longopts, NULL)) != -1) {
         switch (c) {
-        case 'c': config = optarg; break;
-        case 'H': out->http = optarg; break;
+        case 'c':
+            config = optarg;
+            break;
+        case 'H':
+            out->http = optarg;
+            break;
         case 'i':
-            if (btl_strlcpy(out->instance, optarg, sizeof out->instance) != 0 || optarg[0] == '\0') {
+            if (btl_strlcpy(out->instance, optarg, sizeof out->instance) != 0 ||
+                optarg[0] == '\0') {
                 fprintf(stderr, "btl-%s: --instance must be 1..127 bytes\n", service);
                 return 2;
             }
             break;
-        case 'h': usage(stdout, service, summary); return 1;
-        case 'V': printf("btl-%s %s\n", service, BTL_VERSION); return 1;
-        default: usage(stderr, service, summary); return 2;
+        case 'h':
+            usage(stdout, service, summary);
+            return 1;
+        case 'V':
+            printf("btl-%s %s\n", service, BTL_VERSION);
+            return 1;
+        default:
+            usage(stderr, service, summary);
+            return 2;
         }
     }
     if (optind < argc) {

@@ -325,11 +325,21 @@ int btl_buf_json_str(btl_buf *b, const char *s)
     int rc = btl_buf_append(b, "\"", 1);
     for (const unsigned char *p = (const unsigned char *)s; rc == 0 && *p; p++) {
         switch (*p) {
-        case '"': rc = btl_buf_append(b, "\\\"", 2); break;
-        case '\\': rc = btl_buf_append(b, "\\\\", 2); break;
-        case '\n': rc = btl_buf_append(b, "\\n", 2); break;
-        case '\r': rc = btl_buf_append(b, "\\r", 2); break;
-        case '\t': rc = btl_buf_append(b, "\\t", 2); break;
+        case '"':
+            rc = btl_buf_append(b, "\\\"", 2);
+            break;
+        case '\\':
+            rc = btl_buf_append(b, "\\\\", 2);
+            break;
+        case '\n':
+            rc = btl_buf_append(b, "\\n", 2);
+            break;
+        case '\r':
+            rc = btl_buf_append(b, "\\r", 2);
+            break;
+        case '\t':
+            rc = btl_buf_append(b, "\\t", 2);
+            break;
         default:
             if (*p < 0x20)
                 rc = btl_buf_printf(b, "\\u%04x", *p);

@@ -41,9 +41,9 @@ struct worker_shared {
     pthread_mutex_t lock;
     pthread_cond_t wake;
     uint64_t wake_gen;
-    atomic_int db_ok;       /* heartbeat connection usable */
-    btl_bus_sock *sub;      /* the tick subscription (owned by btl_worker_main) */
-    atomic_int running;     /* threads are up: /health/ready may pass */
+    atomic_int db_ok;   /* heartbeat connection usable */
+    btl_bus_sock *sub;  /* the tick subscription (owned by btl_worker_main) */
+    atomic_int running; /* threads are up: /health/ready may pass */
     bool heartbeat_started;
     worker_thread *threads;
     int nthreads;
@@ -155,8 +155,8 @@ static void report(worker_shared *ws, const run_agg *a)
     r->ok = a->failed == 0;
     if (a->failed) {
         r->has_error = true;
-        btl_snprintf(r->error, sizeof r->error, "%s%s", a->unrecoverable ? BTL_UNRECOVERABLE_PREFIX : "",
-                     a->error);
+        btl_snprintf(r->error, sizeof r->error, "%s%s",
+                     a->unrecoverable ? BTL_UNRECOVERABLE_PREFIX : "", a->error);
         /* Truncation may split a character; the encoder refuses bad UTF-8. */
         btl_proto_utf8_sanitize(r->error);
     }
@@ -213,8 +213,8 @@ static int drain(worker_shared *ws, btl_worker_env *env, btl_job *batch, int64_t
                 continue;
             }
             bool dead = false;
-            int frc = btl_jobs_fail(env->db, job->id, ws->opts->instance, oc.error, oc.permanent,
-                                    &dead);
+            int frc =
+                btl_jobs_fail(env->db, job->id, ws->opts->instance, oc.error, oc.permanent, &dead);
             const char *lv[] = {job->kind, dead ? "dead" : "retry"};
             btl_metric_inc(ws->m_jobs, lv, 1);
             if (frc == 0) {
@@ -453,8 +453,8 @@ int btl_worker_main(const btl_worker_opts *opts, volatile sig_atomic_t *stop,
     ws.m_jobs = btl_metrics_counter(reg, "jobs_processed_total", "Jobs finished by this worker",
                                     (const char *[]){"kind", "outcome", NULL});
     ws.m_active = btl_metrics_gauge(reg, "active_executions", "Jobs being run right now", NULL);
-    ws.m_duration = btl_metrics_histogram(reg, "execution_duration_seconds",
-                                          "Time to run one job", NULL, NULL, 0);
+    ws.m_duration = btl_metrics_histogram(reg, "execution_duration_seconds", "Time to run one job",
+                                          NULL, NULL, 0);
     ws.m_frames = btl_metrics_counter(reg, "bus_frames_total", "Bus frames by direction and topic",
                                       (const char *[]){"direction", "topic", NULL});
     ws.m_rejected = btl_metrics_counter(reg, "bus_frames_rejected_total",
@@ -478,7 +478,8 @@ int btl_worker_main(const btl_worker_opts *opts, volatile sig_atomic_t *stop,
     size_t ntopics = 1;
     for (size_t i = 0; opts->extra_topics && opts->extra_topics[i] && ntopics < 8; i++)
         topics[ntopics++] = opts->extra_topics[i];
-    if ((rc = btl_bus_dial_url(ws.cfg->bus.connect, ws.cfg->bus.publish, sub_url, sizeof sub_url)) ||
+    if ((rc =
+             btl_bus_dial_url(ws.cfg->bus.connect, ws.cfg->bus.publish, sub_url, sizeof sub_url)) ||
         (rc = btl_bus_dial_url(ws.cfg->bus.connect, ws.cfg->bus.collect, ws.queue_url,
                                sizeof ws.queue_url))) {
         BTL_ERROR("bad bus address", "error", btl_strerror(rc));
@@ -495,8 +496,7 @@ int btl_worker_main(const btl_worker_opts *opts, volatile sig_atomic_t *stop,
     btl_http_set_started(http, true);
     char conc[32];
     BTL_INFO("worker started", "subscribe", sub_url, "results", ws.queue_url, "concurrency",
-             btl_log_i64(conc, ws.cfg->worker.concurrency), "http",
-             hopts.listen);
+             btl_log_i64(conc, ws.cfg->worker.concurrency), "http", hopts.listen);
 
     while (!*stop) {
         btl_http_heartbeat(http);

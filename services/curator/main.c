@@ -7,7 +7,9 @@
 int main(int argc, char **argv)
 {
     btl_service_args args;
-    int r = btl_service_parse_args(argc, argv, "curator", "Runs curation jobs (scoring, approval) from the curator queue.", &args);
+    int r = btl_service_parse_args(argc, argv, "curator",
+                                   "Runs curation jobs (scoring, approval) from the curator queue.",
+                                   &args);
     if (r != 0)
         return r == 1 ? 0 : 2;
     btl_log_init("curator", args.instance);

@@ -7,7 +7,9 @@
 int main(int argc, char **argv)
 {
     btl_service_args args;
-    int r = btl_service_parse_args(argc, argv, "generator", "Runs generation jobs (LLM narratives) from the generator queue.", &args);
+    int r = btl_service_parse_args(
+        argc, argv, "generator", "Runs generation jobs (LLM narratives) from the generator queue.",
+        &args);
     if (r != 0)
         return r == 1 ? 0 : 2;
     btl_log_init("generator", args.instance);

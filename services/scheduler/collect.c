@@ -65,8 +65,15 @@ int sched_record_result(scheduler *s, btl_db *db, const btl_exec_result *r)
         goto out;
     in_tx = true;
     {
-        const char *p[] = {r->task, r->run_id > 0 ? run_s : NULL, r->instance, st_s, fin_s,
-                           r->ok ? "true" : "false", r->has_error ? r->error : NULL, ok_n, fail_n,
+        const char *p[] = {r->task,
+                           r->run_id > 0 ? run_s : NULL,
+                           r->instance,
+                           st_s,
+                           fin_s,
+                           r->ok ? "true" : "false",
+                           r->has_error ? r->error : NULL,
+                           ok_n,
+                           fail_n,
                            skip_n};
         rc = btl_db_query(
             db,
@@ -160,8 +167,7 @@ int sched_record_result(scheduler *s, btl_db *db, const btl_exec_result *r)
     {
         const char *lv[] = {r->task, r->ok ? "success" : "failure"};
         btl_metric_inc(s->m_exec, lv, 1);
-        btl_metric_observe(s->m_exec_dur, NULL,
-                           (double)(r->finished_ts - r->started_ts) / 1000.0);
+        btl_metric_observe(s->m_exec_dur, NULL, (double)(r->finished_ts - r->started_ts) / 1000.0);
     }
 out:
     if (in_tx)

@@ -37,14 +37,21 @@ static json_t *rows_json(const PGresult *res)
             }
             const char *v = PQgetvalue(res, i, j);
             switch (PQftype(res, j)) {
-            case 16: json_object_set_new(o, name, json_boolean(v[0] == 't')); break; /* bool */
+            case 16:
+                json_object_set_new(o, name, json_boolean(v[0] == 't'));
+                break; /* bool */
             case 20:
             case 21:
-            case 23: json_object_set_new(o, name, json_integer(strtoll(v, NULL, 10))); break;
+            case 23:
+                json_object_set_new(o, name, json_integer(strtoll(v, NULL, 10)));
+                break;
             case 700:
             case 701:
-            case 1700: json_object_set_new(o, name, json_real(strtod(v, NULL))); break;
-            default: json_object_set_new(o, name, json_string(v));
+            case 1700:
+                json_object_set_new(o, name, json_real(strtod(v, NULL)));
+                break;
+            default:
+                json_object_set_new(o, name, json_string(v));
             }
         }
         json_array_append_new(arr, o);
@@ -65,9 +72,9 @@ static json_t *query_reply(btl_db *db, const char *key, const char *sql, int n,
 }
 
 #define TASK_COLUMNS                                                                               \
-    "task_id, service, schedule, timezone, is_paused, paused_reason, circuit_state, "           \
-    "consecutive_failures, to_char(last_run AT TIME ZONE 'UTC', "                                 \
-    "'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS last_run, to_char(next_run AT TIME ZONE 'UTC', "      \
+    "task_id, service, schedule, timezone, is_paused, paused_reason, circuit_state, "              \
+    "consecutive_failures, to_char(last_run AT TIME ZONE 'UTC', "                                  \
+    "'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS last_run, to_char(next_run AT TIME ZONE 'UTC', "         \
     "'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS next_run, last_status, last_error"
 
 static json_t *handle(scheduler *s, btl_db *db, const btl_control_req *req)
@@ -85,18 +92,18 @@ static json_t *handle(scheduler *s, btl_db *db, const btl_control_req *req)
     if (!db_ok)
         return error_reply("database unavailable%s", "");
     if (strcmp(cmd, "status") == 0) {
-        json_t *r = query_reply(
-            db, "queues",
-            "SELECT queue, count(*) FILTER (WHERE status = 'queued') AS queued, "
-            "count(*) FILTER (WHERE status = 'running') AS running, "
-            "count(*) FILTER (WHERE status = 'done') AS done, "
-            "count(*) FILTER (WHERE status = 'dead') AS dead FROM jobs GROUP BY queue "
-            "ORDER BY queue",
-            0, NULL);
+        json_t *r =
+            query_reply(db, "queues",
+                        "SELECT queue, count(*) FILTER (WHERE status = 'queued') AS queued, "
+                        "count(*) FILTER (WHERE status = 'running') AS running, "
+                        "count(*) FILTER (WHERE status = 'done') AS done, "
+                        "count(*) FILTER (WHERE status = 'dead') AS dead FROM jobs GROUP BY queue "
+                        "ORDER BY queue",
+                        0, NULL);
         json_object_set_new(r, "instance", json_string(s->instance));
         json_object_set_new(r, "leader", json_boolean(atomic_load(&s->leader)));
-        json_t *tasks = query_reply(db, "tasks", "SELECT " TASK_COLUMNS
-                                                 " FROM tasks ORDER BY task_id", 0, NULL);
+        json_t *tasks = query_reply(db, "tasks",
+                                    "SELECT " TASK_COLUMNS " FROM tasks ORDER BY task_id", 0, NULL);
         json_object_set(r, "tasks", json_object_get(tasks, "tasks"));
         json_decref(tasks);
         return r;

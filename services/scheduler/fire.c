@@ -144,13 +144,16 @@ static void ms_to_text(int64_t ms, char *buf, size_t n)
 static int first_plan(const sched_task *t, int64_t now, int64_t *next_due, int64_t *next_run)
 {
     switch (btl_schedule_kind(t->schedule)) {
-    case BTL_SCHED_IMMEDIATE: *next_due = *next_run = now; return 0;
+    case BTL_SCHED_IMMEDIATE:
+        *next_due = *next_run = now;
+        return 0;
     case BTL_SCHED_ONCE: {
         int rc = btl_schedule_next(t->schedule, INT64_MIN / 2, next_due);
         *next_run = *next_due;
         return rc;
     }
-    default: return sched_next(t, now, now, next_due, next_run);
+    default:
+        return sched_next(t, now, now, next_due, next_run);
     }
 }
 
@@ -166,8 +169,8 @@ static int sync_tasks(scheduler *s, btl_db *db, const sched_conf *c)
             ms_to_text(nd, due_s, sizeof due_s);
             ms_to_text(nr, run_s, sizeof run_s);
         }
-        const char *p[] = {t->cfg->name,     t->cfg->service, t->cfg->schedule,
-                           t->cfg->timezone, t->config_hash,  planned ? run_s : NULL,
+        const char *p[] = {t->cfg->name,          t->cfg->service, t->cfg->schedule,
+                           t->cfg->timezone,      t->config_hash,  planned ? run_s : NULL,
                            planned ? due_s : NULL};
         /* A task whose schedule is unchanged keeps its persisted plan, so a
          * restart neither double-fires nor forgets a missed fire. */
@@ -203,9 +206,9 @@ static void job_payload(const btl_task_cfg *tc, btl_job_spec *spec, char **paylo
         json_object_set_new(o, "op", json_string(tc->job));
     } else {
         /* The service's own work; handlers arrive with the content pipeline. */
-        spec->kind = strcmp(tc->service, "generator") == 0   ? "generate"
+        spec->kind = strcmp(tc->service, "generator") == 0 ? "generate"
                      : strcmp(tc->service, "curator") == 0 ? "curate"
-                                                             : "post";
+                                                           : "post";
         json_object_set_new(o, "task", json_string(tc->name));
     }
     *payload = json_dumps(o, JSON_COMPACT);
@@ -314,8 +317,9 @@ int sched_fire(scheduler *s, btl_db *db, const sched_task *t, const char *reason
             goto out;
     } else {
         const char *p[] = {tc->name};
-        if ((rc = btl_db_query(db, "UPDATE tasks SET last_run = now(), updated_at = now() "
-                                   "WHERE task_id = $1",
+        if ((rc = btl_db_query(db,
+                               "UPDATE tasks SET last_run = now(), updated_at = now() "
+                               "WHERE task_id = $1",
                                1, p, NULL)) != 0)
             goto out;
     }
@@ -327,8 +331,8 @@ int sched_fire(scheduler *s, btl_db *db, const sched_task *t, const char *reason
     publish_tick(s, tc, *run_id, reason, due_ms);
 out:
     if (rc != 0)
-        btl_snprintf(err, errlen, "%s", btl_db_last_error(db)[0] ? btl_db_last_error(db)
-                                                                 : btl_strerror(rc));
+        btl_snprintf(err, errlen, "%s",
+                     btl_db_last_error(db)[0] ? btl_db_last_error(db) : btl_strerror(rc));
     if (in_tx)
         btl_db_rollback(db);
     PQclear(res);
@@ -414,8 +418,7 @@ static void fire_due(scheduler *s, btl_db *db, const sched_conf *c)
             }
             continue;
         }
-        if (row.paused || strcmp(row.circuit, "closed") != 0 || !row.has_next ||
-            row.next_run > now)
+        if (row.paused || strcmp(row.circuit, "closed") != 0 || !row.has_next || row.next_run > now)
             continue;
         const char *reason = "scheduled";
         if (btl_schedule_kind(t->schedule) == BTL_SCHED_IMMEDIATE)
@@ -429,8 +432,10 @@ static void fire_due(scheduler *s, btl_db *db, const sched_conf *c)
                 char nr[32];
                 ms_to_text(btl_window_adjust(&w, now), nr, sizeof nr);
                 const char *p[] = {tc->name, nr};
-                btl_db_query(db, "UPDATE tasks SET next_run = to_timestamp($2::float8) "
-                                 "WHERE task_id = $1", 2, p, NULL);
+                btl_db_query(db,
+                             "UPDATE tasks SET next_run = to_timestamp($2::float8) "
+                             "WHERE task_id = $1",
+                             2, p, NULL);
                 continue;
             }
         }
@@ -472,8 +477,8 @@ static void update_task_gauges(scheduler *s, btl_db *db)
         btl_metric_set(s->m_last_success, lv, strtod(PQgetvalue(res, i, 3), NULL));
     }
     PQclear(res);
-    if (btl_db_query(db, "SELECT queue, kind, status, count(*) FROM jobs GROUP BY 1, 2, 3", 0,
-                     NULL, &res) != 0)
+    if (btl_db_query(db, "SELECT queue, kind, status, count(*) FROM jobs GROUP BY 1, 2, 3", 0, NULL,
+                     &res) != 0)
         return;
     for (int i = 0; i < PQntuples(res) && i < 500; i++) {
         const char *lv[] = {PQgetvalue(res, i, 1), PQgetvalue(res, i, 2)};

@@ -42,11 +42,11 @@ static void register_metrics(scheduler *s)
                                     (const char *[]){"task", "status", NULL});
     s->m_exec_dur = btl_metrics_histogram(m, "execution_duration_seconds",
                                           "Duration of reported executions", NULL, NULL, 0);
-    s->m_trips = btl_metrics_counter(m, "circuit_breaker_trips_total", "Circuit breaker trips",
-                                     task);
+    s->m_trips =
+        btl_metrics_counter(m, "circuit_breaker_trips_total", "Circuit breaker trips", task);
     s->m_paused = btl_metrics_gauge(m, "task_paused", "1 when the task is paused", task);
-    s->m_failures = btl_metrics_gauge(m, "consecutive_failures", "Consecutive failed executions",
-                                      task);
+    s->m_failures =
+        btl_metrics_gauge(m, "consecutive_failures", "Consecutive failed executions", task);
     s->m_last_success = btl_metrics_gauge(m, "last_success_timestamp_seconds",
                                           "Unix time of the last successful execution", task);
     s->m_frames = btl_metrics_counter(m, "bus_frames_total", "Bus frames by direction and topic",
@@ -57,9 +57,9 @@ static void register_metrics(scheduler *s)
     s->m_leader = btl_metrics_gauge(m, "scheduler_is_leader", "1 on the leading scheduler", NULL);
     s->m_jobs = btl_metrics_gauge(m, "jobs", "Jobs in the queue by kind and status",
                                   (const char *[]){"kind", "status", NULL});
-    s->m_control = btl_metrics_counter(m, "control_requests_total",
-                                       "Control socket requests by command",
-                                       (const char *[]){"cmd", NULL});
+    s->m_control =
+        btl_metrics_counter(m, "control_requests_total", "Control socket requests by command",
+                            (const char *[]){"cmd", NULL});
 }
 
 static int open_bus(scheduler *s, const btl_config *cfg)
@@ -179,8 +179,8 @@ int main(int argc, char **argv)
                 pthread_mutex_unlock(&s.conf_lock);
                 sched_conf_put(old);
                 atomic_store(&s.resync, 1);
-                BTL_INFO("configuration reloaded (bus and http addresses need a restart)",
-                         "tasks", btl_log_i64((char[32]){0}, (long long)nc->cfg->n_tasks));
+                BTL_INFO("configuration reloaded (bus and http addresses need a restart)", "tasks",
+                         btl_log_i64((char[32]){0}, (long long)nc->cfg->n_tasks));
             }
         }
         btl_sleep_ms(100);

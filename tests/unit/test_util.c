@@ -52,7 +52,7 @@ static void test_durations(void **state)
     static const struct {
         const char *in;
         int64_t ms;
-    } ok[] = {{"1500ms", 1500}, {"90s", 90000},    {"15m", 900000},     {"2h", 7200000},
+    } ok[] = {{"1500ms", 1500}, {"90s", 90000},     {"15m", 900000}, {"2h", 7200000},
               {"1d", 86400000}, {"2w", 1209600000}, {"7", 7000}};
     for (size_t i = 0; i < BTL_ARRAY_LEN(ok); i++) {
         int64_t ms = -1;
@@ -160,9 +160,12 @@ static void test_worker_ops(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_strlcpy_snprintf), cmocka_unit_test(test_parse_numbers),
-        cmocka_unit_test(test_durations),        cmocka_unit_test(test_iso8601),
-        cmocka_unit_test(test_buf),              cmocka_unit_test(test_log_levels),
+        cmocka_unit_test(test_strlcpy_snprintf),
+        cmocka_unit_test(test_parse_numbers),
+        cmocka_unit_test(test_durations),
+        cmocka_unit_test(test_iso8601),
+        cmocka_unit_test(test_buf),
+        cmocka_unit_test(test_log_levels),
         cmocka_unit_test(test_worker_ops),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

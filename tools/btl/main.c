@@ -201,7 +201,8 @@ static int cmd_control(const cli *c)
         return 2;
     }
     if (strcmp(cmd, "history") == 0)
-        btl_snprintf(req, sizeof req, "history %s %lld", c->pos[1], (long long)(c->n_set ? c->n : 20));
+        btl_snprintf(req, sizeof req, "history %s %lld", c->pos[1],
+                     (long long)(c->n_set ? c->n : 20));
     else if (btl_snprintf(req, sizeof req, "%s%s%s", cmd, needs_task ? " " : "",
                           needs_task ? c->pos[1] : "") != 0) {
         fprintf(stderr, "btl: task name too long\n");
@@ -226,7 +227,8 @@ static int cmd_control(const cli *c)
         json_array_foreach(json_object_get(reply, "queues"), i, q)
         {
             printf("queue %-10s queued %-6lld running %-6lld done %-8lld dead %lld\n",
-                   str_or(q, "queue", "?"), (long long)json_integer_value(json_object_get(q, "queued")),
+                   str_or(q, "queue", "?"),
+                   (long long)json_integer_value(json_object_get(q, "queued")),
                    (long long)json_integer_value(json_object_get(q, "running")),
                    (long long)json_integer_value(json_object_get(q, "done")),
                    (long long)json_integer_value(json_object_get(q, "dead")));
@@ -363,8 +365,9 @@ int main(int argc, char **argv)
     if (strcmp(cmd, "migrate") == 0)
         return cmd_migrate(&c);
     if (strcmp(cmd, "posts") == 0 || strcmp(cmd, "state") == 0 || strcmp(cmd, "token") == 0) {
-        fprintf(stderr, "btl %s: not available in this build yet (content pipeline / REST API "
-                        "are not implemented)\n",
+        fprintf(stderr,
+                "btl %s: not available in this build yet (content pipeline / REST API "
+                "are not implemented)\n",
                 cmd);
         return 1;
     }

@@ -26,8 +26,8 @@ typedef struct btl_bus_sock {
     nng_socket s;
     bool open;
     bool has_listener;
-    nng_listener l;    /* valid if has_listener */
-    atomic_int pipes;  /* connected peers, kept by nng pipe notifications */
+    nng_listener l;   /* valid if has_listener */
+    atomic_int pipes; /* connected peers, kept by nng pipe notifications */
 } btl_bus_sock;
 
 /* Number of peers connected right now (readiness: "bus actually working"). */

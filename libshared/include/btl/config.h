@@ -24,8 +24,8 @@ enum btl_curation_mode { BTL_CURATION_AUTO = 0, BTL_CURATION_MANUAL = 1 };
 
 typedef struct btl_window_cfg {
     bool set;
-    int from_min; /* minutes after local midnight, 0..1439 ("09:00" -> 540) */
-    int to_min;   /* may be < from_min: the window crosses midnight */
+    int from_min;         /* minutes after local midnight, 0..1439 ("09:00" -> 540) */
+    int to_min;           /* may be < from_min: the window crosses midnight */
     const char *timezone; /* IANA name, default "UTC" */
 } btl_window_cfg;
 
@@ -46,43 +46,43 @@ typedef struct btl_curation_cfg {
     bool keep_unselected;        /* default false: unselected scored posts are rejected */
     const char **banned_phrases; /* n_banned_phrases entries */
     size_t n_banned_phrases;
-    int near_duplicate_days;     /* 0..3650, default 30 */
+    int near_duplicate_days;         /* 0..3650, default 30 */
     double near_duplicate_threshold; /* 0..1, default 0.8 */
 } btl_curation_cfg;
 
 typedef struct btl_task_cfg {
-    const char *name;     /* map key under `tasks:` */
-    const char *service;  /* generator | curator | poster (required) */
-    const char *schedule; /* required; validated with btl_schedule_parse */
-    const char *timezone; /* default "UTC" */
+    const char *name;         /* map key under `tasks:` */
+    const char *service;      /* generator | curator | poster (required) */
+    const char *schedule;     /* required; validated with btl_schedule_parse */
+    const char *timezone;     /* default "UTC" */
     enum btl_catchup catchup; /* default one */
-    int jitter_percent;   /* 0..100, default 0 */
-    const char *narrative; /* path, generator tasks */
-    int iterations;       /* 1..1000, default 1 */
-    const char *platform; /* poster tasks */
+    int jitter_percent;       /* 0..100, default 0 */
+    const char *narrative;    /* path, generator tasks */
+    int iterations;           /* 1..1000, default 1 */
+    const char *platform;     /* poster tasks */
     /* `job`: operational job kind for exercising the queue: "noop",
      * "sleep <ms>", "fail <message>". "" = the service's own work. */
     const char *job;
-    int fanout;           /* jobs enqueued per fire, 1..100000, default 1 */
-    bool enabled;         /* default true */
+    int fanout;   /* jobs enqueued per fire, 1..100000, default 1 */
+    bool enabled; /* default true */
     btl_execution_cfg execution;
     btl_window_cfg window;
     btl_curation_cfg curation;
-    int line;             /* where the task was defined, for messages */
+    int line; /* where the task was defined, for messages */
 } btl_task_cfg;
 
 typedef struct btl_budget_cfg {
-    int rpm, rpd;       /* 0 = unlimited */
+    int rpm, rpd; /* 0 = unlimited */
     int64_t tpm, tpd;
-    double multiplier;  /* 0..1, default 0.8 */
+    double multiplier; /* 0..1, default 0.8 */
 } btl_budget_cfg;
 
 typedef struct btl_llm_cfg {
-    const char *kind;   /* openai | gemini | offline, default offline */
+    const char *kind; /* openai | gemini | offline, default offline */
     const char *base_url;
     const char *model;
     const char *api_key_env; /* name of the env var holding the key */
-    int64_t timeout_ms; /* default 60s */
+    int64_t timeout_ms;      /* default 60s */
     btl_budget_cfg budget;
 } btl_llm_cfg;
 
@@ -108,10 +108,10 @@ typedef struct btl_config {
         const char *webhook_url;
     } alerts;
     struct {
-        int64_t check_interval_ms;   /* default 1s, 10ms..1h */
+        int64_t check_interval_ms;    /* default 1s, 10ms..1h */
         int max_consecutive_failures; /* default 5, 1..1000 */
-        int64_t circuit_reset_ms;    /* default 5m */
-        int64_t failover_ms;         /* default 10s, 1s..1h */
+        int64_t circuit_reset_ms;     /* default 5m */
+        int64_t failover_ms;          /* default 10s, 1s..1h */
         int64_t history_retention_ms; /* default 30d */
     } scheduler;
     struct {

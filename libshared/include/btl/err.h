@@ -6,21 +6,21 @@
 
 enum {
     BTL_OK = 0,
-    BTL_EINVAL = -1,    /* bad argument or malformed input */
-    BTL_ENOMEM = -2,    /* allocation failed */
-    BTL_EIO = -3,       /* OS-level I/O error */
-    BTL_EDB = -4,       /* database error */
-    BTL_EBUS = -5,      /* nng error */
-    BTL_EPROTO = -6,    /* malformed frame / message */
-    BTL_ECONFIG = -7,   /* configuration error */
-    BTL_ENOTFOUND = -8, /* no such object */
-    BTL_ETIMEDOUT = -9, /* deadline passed */
-    BTL_EAGAIN = -10,   /* nothing now, try later */
-    BTL_ETOOBIG = -11,  /* exceeds a bound */
-    BTL_ECLOSED = -12,  /* peer or object closed */
-    BTL_EHTTP = -13,    /* HTTP transport or status error */
-    BTL_ECONFLICT = -14, /* state transition not allowed */
-    BTL_EPERM = -15,    /* not permitted */
+    BTL_EINVAL = -1,        /* bad argument or malformed input */
+    BTL_ENOMEM = -2,        /* allocation failed */
+    BTL_EIO = -3,           /* OS-level I/O error */
+    BTL_EDB = -4,           /* database error */
+    BTL_EBUS = -5,          /* nng error */
+    BTL_EPROTO = -6,        /* malformed frame / message */
+    BTL_ECONFIG = -7,       /* configuration error */
+    BTL_ENOTFOUND = -8,     /* no such object */
+    BTL_ETIMEDOUT = -9,     /* deadline passed */
+    BTL_EAGAIN = -10,       /* nothing now, try later */
+    BTL_ETOOBIG = -11,      /* exceeds a bound */
+    BTL_ECLOSED = -12,      /* peer or object closed */
+    BTL_EHTTP = -13,        /* HTTP transport or status error */
+    BTL_ECONFLICT = -14,    /* state transition not allowed */
+    BTL_EPERM = -15,        /* not permitted */
     BTL_EUNSUPPORTED = -16, /* not implemented / not available */
 };
 

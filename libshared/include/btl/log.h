@@ -21,8 +21,7 @@ extern volatile int btl__log_level;
 /* Emit msg plus extra fields given as key/value string pairs ending with
  * NULL. A value starting with the byte 0x01 is written raw (numbers,
  * booleans, nested JSON): use BTL_LOG_RAW("42"). */
-void btl__log_emit(enum btl_log_level lvl, const char *msg, ...)
-    __attribute__((sentinel));
+void btl__log_emit(enum btl_log_level lvl, const char *msg, ...) __attribute__((sentinel));
 
 #define BTL_LOG_RAW(s) "\001" s
 

@@ -58,7 +58,7 @@ typedef struct btl_worker_opts {
     const char *service;  /* generator | curator | poster: queue and tick topic */
     const char *instance; /* unique per process */
     const char *config_path;
-    const char *http_listen; /* overrides http.listen when non-NULL */
+    const char *http_listen;    /* overrides http.listen when non-NULL */
     btl_job_handler_fn handler; /* NULL: only operational kinds run */
     void *handler_ud;
     const char *const *extra_topics; /* NULL-terminated, e.g. {"post.generated", NULL} */
