@@ -385,3 +385,22 @@ int btl_bus_dial_url(const char *connect, const char *listen_url, char *out, siz
     return url_join(c.has_scheme ? c.scheme : l.scheme, c.host, c.port[0] ? c.port : l.port, out,
                     n);
 }
+
+int btl_bus_recv_msg(btl_bus_sock *s, int timeout_ms, btl_msg *m, char **raw, size_t *rawlen,
+                     const char **reason, char *why, size_t whylen)
+{
+    char *frame = NULL;
+    size_t len = 0;
+    *reason = NULL;
+    int rc = btl_bus_recv(s, timeout_ms, &frame, &len);
+    if (rc != 0)
+        return rc;
+    rc = btl_proto_decode(frame, len, m, reason, why, whylen);
+    if (rc == 0 && raw != NULL) {
+        *raw = frame;
+        *rawlen = len;
+        frame = NULL;
+    }
+    free(frame);
+    return rc;
+}

@@ -4,6 +4,7 @@
 #include "btl/log.h"
 #include "btl/metrics.h"
 #include "btl/proto.h"
+#include "btl/service.h"
 #include "btl/util.h"
 
 #include <jansson.h>
@@ -514,24 +515,20 @@ int btl_worker_main(const btl_worker_opts *opts, volatile sig_atomic_t *stop,
                 BTL_INFO("configuration reloaded", "path", opts->config_path);
             }
         }
-        char *frame = NULL;
-        size_t len = 0;
-        int r = btl_bus_recv(&sub, 200, &frame, &len);
-        if (r == BTL_ETIMEDOUT || r == BTL_EAGAIN)
-            continue;
-        if (r != 0) {
-            btl_sleep_ms(100);
-            continue;
-        }
         btl_msg m;
         const char *reason = NULL;
         char why[256];
-        r = btl_proto_decode(frame, len, &m, &reason, why, sizeof why);
-        free(frame);
-        if (r != 0) {
-            const char *lv[] = {reason ? reason : "invalid"};
+        int r = btl_bus_recv_msg(&sub, 200, &m, NULL, NULL, &reason, why, sizeof why);
+        if (r == BTL_ETIMEDOUT || r == BTL_EAGAIN)
+            continue;
+        if (reason != NULL) {
+            const char *lv[] = {reason};
             btl_metric_inc(ws.m_rejected, lv, 1);
-            BTL_DEBUG("bus frame rejected", "reason", lv[0], "detail", why);
+            BTL_DEBUG("bus frame rejected", "reason", reason, "detail", why);
+            continue;
+        }
+        if (r != 0) {
+            btl_sleep_ms(100);
             continue;
         }
         const char *lv[] = {"in", m.type};
@@ -550,4 +547,26 @@ out:
     pthread_cond_destroy(&ws.wake);
     pthread_mutex_destroy(&ws.lock);
     return rc;
+}
+
+int btl_worker_service_main(int argc, char **argv, const char *service, const char *summary,
+                            btl_job_handler_fn handler, void *handler_ud,
+                            const char *const *extra_topics)
+{
+    btl_service_args args;
+    int r = btl_service_parse_args(argc, argv, service, summary, &args);
+    if (r != 0)
+        return r == 1 ? 0 : 2;
+    btl_log_init(service, args.instance);
+    btl_service_install_signals();
+    btl_worker_opts opts = {.service = service,
+                            .instance = args.instance,
+                            .config_path = args.config_path,
+                            .http_listen = args.http,
+                            .handler = handler,
+                            .handler_ud = handler_ud,
+                            .extra_topics = extra_topics};
+    r = btl_worker_main(&opts, &btl_service_stop, &btl_service_reload);
+    BTL_INFO("exited", "clean", r == 0 ? BTL_LOG_RAW("true") : BTL_LOG_RAW("false"));
+    return r == 0 ? 0 : 1;
 }

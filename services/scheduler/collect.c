@@ -185,22 +185,20 @@ void *sched_collect_main(void *arg)
     while (!*s->stop) {
         char *frame = NULL;
         size_t len = 0;
-        int rc = btl_bus_recv(&s->pull, 200, &frame, &len);
-        if (rc == BTL_ETIMEDOUT || rc == BTL_EAGAIN)
-            continue;
-        if (rc != 0) {
-            btl_sleep_ms(50);
-            continue;
-        }
         btl_msg m;
         const char *reason = NULL;
         char why[256];
-        rc = btl_proto_decode(frame, len, &m, &reason, why, sizeof why);
-        if (rc != 0) {
-            const char *lv[] = {reason ? reason : "invalid"};
+        int rc = btl_bus_recv_msg(&s->pull, 200, &m, &frame, &len, &reason, why, sizeof why);
+        if (rc == BTL_ETIMEDOUT || rc == BTL_EAGAIN)
+            continue;
+        if (reason != NULL) {
+            const char *lv[] = {reason};
             btl_metric_inc(s->m_rejected, lv, 1);
-            BTL_DEBUG("bus frame rejected", "reason", lv[0], "detail", why);
-            free(frame);
+            BTL_DEBUG("bus frame rejected", "reason", reason, "detail", why);
+            continue;
+        }
+        if (rc != 0) {
+            btl_sleep_ms(50);
             continue;
         }
         const char *lv[] = {"in", m.type};

@@ -121,7 +121,7 @@ static json_t *handle(scheduler *s, btl_db *db, const btl_control_req *req)
         char err[512];
         if (t == NULL)
             r = error_reply("unknown task '%s'", task);
-        else if (sched_fire(s, db, t, "manual", btl_now_ms(), false, &run_id, err, sizeof err))
+        else if (sched_fire(s, db, t, "manual", btl_now_ms(), 0, &run_id, err, sizeof err))
             r = error_reply("trigger failed: %s", err);
         else
             r = json_pack("{s:b, s:s, s:I}", "ok", 1, "task", task, "run_id", (json_int_t)run_id);

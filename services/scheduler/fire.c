@@ -238,8 +238,9 @@ static void publish_tick(scheduler *s, const btl_task_cfg *tc, int64_t run_id, c
 }
 
 int sched_fire(scheduler *s, btl_db *db, const sched_task *t, const char *reason, int64_t due_ms,
-               bool advance, int64_t *run_id, char *err, size_t errlen)
+               int flags, int64_t *run_id, char *err, size_t errlen)
 {
+    bool advance = (flags & SCHED_FIRE_ADVANCE) != 0;
     const btl_task_cfg *tc = t->cfg;
     PGresult *res = NULL;
     char *payload = NULL;
@@ -298,6 +299,18 @@ int sched_fire(scheduler *s, btl_db *db, const sched_task *t, const char *reason
         btl_snprintf(prefix, sizeof prefix, "run:%lld", (long long)*run_id);
         int inserted = 0;
         if ((rc = btl_jobs_enqueue_n(db, &spec, tc->fanout, prefix, &inserted)) != 0)
+            goto out;
+    }
+    if (flags & SCHED_FIRE_TRIAL) {
+        /* In the same transaction: the trial's result may come back before
+         * anything after the commit runs. */
+        char rid[32];
+        btl_snprintf(rid, sizeof rid, "%lld", (long long)*run_id);
+        const char *p[] = {tc->name, rid};
+        if ((rc = btl_db_query(db,
+                               "UPDATE tasks SET circuit_state = 'half_open', trial_run_id = "
+                               "$2::bigint WHERE task_id = $1 AND circuit_state = 'open'",
+                               2, p, NULL)) != 0)
             goto out;
     }
     if (advance) {
@@ -404,18 +417,11 @@ static void fire_due(scheduler *s, btl_db *db, const sched_conf *c)
         if (strcmp(row.circuit, "open") == 0 &&
             now - row.opened_at >= cfg->scheduler.circuit_reset_ms) {
             /* Half-open: one trial run decides whether the circuit closes. */
-            if (sched_fire(s, db, t, "scheduled", now, false, &run_id, err, sizeof err) == 0 &&
-                run_id > 0) {
-                char rid[32];
-                btl_snprintf(rid, sizeof rid, "%lld", (long long)run_id);
-                const char *p[] = {tc->name, rid};
-                btl_db_query(db,
-                             "UPDATE tasks SET circuit_state = 'half_open', trial_run_id = $2 "
-                             "WHERE task_id = $1 AND circuit_state = 'open'",
-                             2, p, NULL);
+            if (sched_fire(s, db, t, "scheduled", now, SCHED_FIRE_TRIAL, &run_id, err,
+                           sizeof err) == 0 &&
+                run_id > 0)
                 BTL_INFO("circuit half-open: trial run fired", "task", tc->name, "run_id",
                          btl_log_i64((char[32]){0}, run_id));
-            }
             continue;
         }
         if (row.paused || strcmp(row.circuit, "closed") != 0 || !row.has_next || row.next_run > now)
@@ -453,7 +459,8 @@ static void fire_due(scheduler *s, btl_db *db, const sched_conf *c)
             BTL_INFO("missed fire skipped (catchup: none)", "task", tc->name);
             continue;
         }
-        int rc = sched_fire(s, db, t, reason, row.next_due, true, &run_id, err, sizeof err);
+        int rc = sched_fire(s, db, t, reason, row.next_due, SCHED_FIRE_ADVANCE, &run_id, err,
+                            sizeof err);
         if (rc != 0)
             BTL_ERROR("fire failed", "task", tc->name, "error", err);
         else if (run_id > 0)

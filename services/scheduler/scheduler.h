@@ -55,13 +55,19 @@ sched_conf *sched_conf_get(scheduler *s);
 void sched_conf_put(sched_conf *c);
 const sched_task *sched_conf_task(const sched_conf *c, const char *name);
 
-/* Fires `task` now in one transaction (task_runs row + jobs), then publishes
- * the tick. reason: scheduled|manual|catchup|startup. due_ms: the nominal due
- * time. When advance is true the task's next_run is moved on in the same
- * transaction (and the fire is skipped if another leader got there first).
+/* sched_fire flags. */
+enum {
+    SCHED_FIRE_ADVANCE = 1, /* move next_run on; skip if another leader fired this due time */
+    SCHED_FIRE_TRIAL = 2,   /* the half-open circuit's trial run */
+};
+
+/* Fires `task` now in one transaction (task_runs row + jobs, and with
+ * SCHED_FIRE_ADVANCE the task's next plan, with SCHED_FIRE_TRIAL the
+ * half-open state), then publishes the tick. reason:
+ * scheduled|manual|catchup|startup; due_ms: the nominal due time.
  * *run_id = the new run (0 when skipped). */
 int sched_fire(scheduler *s, btl_db *db, const sched_task *t, const char *reason, int64_t due_ms,
-               bool advance, int64_t *run_id, char *err, size_t errlen);
+               int flags, int64_t *run_id, char *err, size_t errlen);
 
 /* Next fire time after nominal due `due_ms` at time now: skips past fires,
  * applies jitter then the posting window. *next_due = nominal time,

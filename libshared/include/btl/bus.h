@@ -86,4 +86,12 @@ int btl_bus_dial_url(const char *connect, const char *listen_url, char *out, siz
 /* Encode m and send it. */
 int btl_bus_send_msg(btl_bus_sock *s, const btl_msg *m);
 
+/* Receive one frame and decode it strictly (btl_proto_decode). Returns 0
+ * with *m filled (caller btl_msg_free) and, when raw is not NULL, the frame
+ * bytes in *raw and *rawlen (caller frees); BTL_ETIMEDOUT or BTL_EAGAIN when
+ * nothing came; BTL_EPROTO or BTL_ETOOBIG for a malformed frame, which is
+ * dropped, with *reason (static label for metrics) and why set. */
+int btl_bus_recv_msg(btl_bus_sock *s, int timeout_ms, btl_msg *m, char **raw, size_t *rawlen,
+                     const char **reason, char *why, size_t whylen);
+
 #endif

@@ -71,6 +71,13 @@ typedef struct btl_worker_opts {
 int btl_worker_main(const btl_worker_opts *opts, volatile sig_atomic_t *stop,
                     volatile sig_atomic_t *reload);
 
+/* The whole main() of a worker service: parses the command line of
+ * DESIGN §10, sets up logging and signals, runs btl_worker_main. Returns
+ * the process exit status (0 ok or --help, 1 failure, 2 usage). */
+int btl_worker_service_main(int argc, char **argv, const char *service, const char *summary,
+                            btl_job_handler_fn handler, void *handler_ud,
+                            const char *const *extra_topics);
+
 /* Runs one operational job (noop / sleep / fail); exposed for tests. */
 int btl_worker_run_op(const char *op, volatile sig_atomic_t *stop, btl_job_outcome *outcome);
 
