@@ -115,7 +115,7 @@ static int run_job(worker_shared *ws, btl_worker_env *env, const btl_job *job,
         json_decref(root);
         return rc;
     }
-    if (ws->opts->handler == NULL) {
+    if (ws->opts->hooks.handler == NULL) {
         outcome->permanent = true;
         btl_snprintf(outcome->error, sizeof outcome->error,
                      "job kind '%s' has no handler in btl-%s: the content pipeline is not "
@@ -123,7 +123,7 @@ static int run_job(worker_shared *ws, btl_worker_env *env, const btl_job *job,
                      job->kind, ws->opts->service);
         return BTL_EUNSUPPORTED;
     }
-    return ws->opts->handler(ws->opts->handler_ud, env, job, outcome);
+    return ws->opts->hooks.handler(ws->opts->hooks.handler_ud, env, job, outcome);
 }
 
 static run_agg *agg_for(run_agg *aggs, int *naggs, const btl_job *job)
@@ -439,6 +439,7 @@ int btl_worker_main(const btl_worker_opts *opts, volatile sig_atomic_t *stop,
     worker_shared ws;
     btl_http *http = NULL;
     btl_bus_sock sub = {0};
+    btl_db *event_db = NULL; /* main thread's own connection for on_event */
     char topic[64], sub_url[256];
     memset(&ws, 0, sizeof ws);
     ws.opts = opts;
@@ -477,8 +478,8 @@ int btl_worker_main(const btl_worker_opts *opts, volatile sig_atomic_t *stop,
     btl_snprintf(topic, sizeof topic, "tick.%s", opts->service);
     const char *topics[8] = {topic};
     size_t ntopics = 1;
-    for (size_t i = 0; opts->extra_topics && opts->extra_topics[i] && ntopics < 8; i++)
-        topics[ntopics++] = opts->extra_topics[i];
+    for (size_t i = 0; opts->hooks.extra_topics && opts->hooks.extra_topics[i] && ntopics < 8; i++)
+        topics[ntopics++] = opts->hooks.extra_topics[i];
     if ((rc =
              btl_bus_dial_url(ws.cfg->bus.connect, ws.cfg->bus.publish, sub_url, sizeof sub_url)) ||
         (rc = btl_bus_dial_url(ws.cfg->bus.connect, ws.cfg->bus.collect, ws.queue_url,
@@ -533,6 +534,13 @@ int btl_worker_main(const btl_worker_opts *opts, volatile sig_atomic_t *stop,
         }
         const char *lv[] = {"in", m.type};
         btl_metric_inc(ws.m_frames, lv, 1);
+        if (opts->hooks.on_event != NULL && m.kind != BTL_MSG_TICK) {
+            if (event_db == NULL &&
+                btl_db_open(ws.cfg->database.url, &event_db, why, sizeof why) != 0)
+                event_db = NULL;
+            bool usable = event_db != NULL && btl_db_ensure(event_db) == 0;
+            opts->hooks.on_event(opts->hooks.event_ud, usable ? event_db : NULL, ws.cfg, &m);
+        }
         btl_msg_free(&m);
         wake_all(&ws);
     }
@@ -540,6 +548,7 @@ int btl_worker_main(const btl_worker_opts *opts, volatile sig_atomic_t *stop,
     atomic_store(&ws.running, 0);
 out:
     stop_threads(&ws);
+    btl_db_close(event_db);
     btl_http_stop(http);
     btl_bus_close(&sub);
     btl_bus_close(&ws.push);
@@ -550,8 +559,7 @@ out:
 }
 
 int btl_worker_service_main(int argc, char **argv, const char *service, const char *summary,
-                            btl_job_handler_fn handler, void *handler_ud,
-                            const char *const *extra_topics)
+                            const btl_worker_hooks *hooks)
 {
     btl_service_args args;
     int r = btl_service_parse_args(argc, argv, service, summary, &args);
@@ -563,9 +571,7 @@ int btl_worker_service_main(int argc, char **argv, const char *service, const ch
                             .instance = args.instance,
                             .config_path = args.config_path,
                             .http_listen = args.http,
-                            .handler = handler,
-                            .handler_ud = handler_ud,
-                            .extra_topics = extra_topics};
+                            .hooks = *hooks};
     r = btl_worker_main(&opts, &btl_service_stop, &btl_service_reload);
     BTL_INFO("exited", "clean", r == 0 ? BTL_LOG_RAW("true") : BTL_LOG_RAW("false"));
     return r == 0 ? 0 : 1;

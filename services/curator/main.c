@@ -3,9 +3,12 @@
  * pipeline, until then its jobs fail loudly as unhandled. */
 #include "btl/worker.h"
 
+static const char *const event_topics[] = {"post.generated", NULL};
+
 int main(int argc, char **argv)
 {
-    return btl_worker_service_main(argc, argv, "curator",
-                                   "Runs curation jobs (scoring, approval) from the curator queue.",
-                                   NULL, NULL, (const char *const[]){"post.generated", NULL});
+    static const btl_worker_hooks hooks = {.extra_topics = event_topics};
+    return btl_worker_service_main(
+        argc, argv, "curator", "Runs curation jobs (scoring, approval) from the curator queue.",
+        &hooks);
 }

@@ -5,7 +5,8 @@
 
 int main(int argc, char **argv)
 {
+    static const btl_worker_hooks hooks = {.extra_topics = NULL};
     return btl_worker_service_main(
         argc, argv, "generator", "Runs generation jobs (LLM narratives) from the generator queue.",
-        NULL, NULL, NULL);
+        &hooks);
 }

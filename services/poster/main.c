@@ -5,7 +5,8 @@
 
 int main(int argc, char **argv)
 {
+    static const btl_worker_hooks hooks = {.extra_topics = NULL};
     return btl_worker_service_main(
         argc, argv, "poster",
-        "Runs posting jobs (publishing approved posts) from the poster queue.", NULL, NULL, NULL);
+        "Runs posting jobs (publishing approved posts) from the poster queue.", &hooks);
 }

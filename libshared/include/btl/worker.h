@@ -28,6 +28,7 @@
 #include "btl/config.h"
 #include "btl/db.h"
 #include "btl/jobs.h"
+#include "btl/proto.h"
 
 /* Prefix of exec.result errors that must stop the task at once. */
 #define BTL_UNRECOVERABLE_PREFIX "unrecoverable: "
@@ -54,14 +55,28 @@ typedef struct btl_worker_env {
 typedef int (*btl_job_handler_fn)(void *ud, btl_worker_env *env, const btl_job *job,
                                   btl_job_outcome *outcome);
 
+/* Called on the main thread for every valid frame of an extra topic (e.g.
+ * the curator's post.generated), with a database connection of its own
+ * (may be NULL while Postgres is down). Typically enqueues a job; the
+ * worker threads are woken right after it returns. */
+typedef void (*btl_worker_event_fn)(void *ud, btl_db *db, const btl_config *cfg,
+                                    const btl_msg *msg);
+
+/* What a service plugs into the shared loop. */
+typedef struct btl_worker_hooks {
+    btl_job_handler_fn handler; /* NULL: only operational kinds run */
+    void *handler_ud;
+    btl_worker_event_fn on_event; /* may be NULL */
+    void *event_ud;
+    const char *const *extra_topics; /* NULL-terminated, e.g. {"post.generated", NULL} */
+} btl_worker_hooks;
+
 typedef struct btl_worker_opts {
     const char *service;  /* generator | curator | poster: queue and tick topic */
     const char *instance; /* unique per process */
     const char *config_path;
-    const char *http_listen;    /* overrides http.listen when non-NULL */
-    btl_job_handler_fn handler; /* NULL: only operational kinds run */
-    void *handler_ud;
-    const char *const *extra_topics; /* NULL-terminated, e.g. {"post.generated", NULL} */
+    const char *http_listen; /* overrides http.listen when non-NULL */
+    btl_worker_hooks hooks;
 } btl_worker_opts;
 
 /* Runs until *stop becomes non-zero; *reload set means re-read the config
@@ -75,8 +90,7 @@ int btl_worker_main(const btl_worker_opts *opts, volatile sig_atomic_t *stop,
  * DESIGN §10, sets up logging and signals, runs btl_worker_main. Returns
  * the process exit status (0 ok or --help, 1 failure, 2 usage). */
 int btl_worker_service_main(int argc, char **argv, const char *service, const char *summary,
-                            btl_job_handler_fn handler, void *handler_ud,
-                            const char *const *extra_topics);
+                            const btl_worker_hooks *hooks);
 
 /* Runs one operational job (noop / sleep / fail); exposed for tests. */
 int btl_worker_run_op(const char *op, volatile sig_atomic_t *stop, btl_job_outcome *outcome);
