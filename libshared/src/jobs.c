@@ -326,6 +326,31 @@ int btl_jobs_complete_ids(btl_db *db, const int64_t *ids, int n, const char *wor
                             ids, n, worker, NULL, n_done, done_ids);
 }
 
+int btl_jobs_snooze(btl_db *db, int64_t id, const char *worker, int64_t delay_ms,
+                    const char *reason)
+{
+    int rc;
+    PGresult *r = NULL;
+    char id_s[24], delay_s[24], err[2048];
+    if (db == NULL || id <= 0 || delay_ms < 0 || delay_ms > 30LL * 86400 * 1000 ||
+        (rc = check_worker(worker)) != 0)
+        return BTL_EINVAL;
+    btl_jobs_utf8_trunc(err, sizeof err, reason ? reason : "snoozed", sizeof err - 1);
+    btl_snprintf(id_s, sizeof id_s, "%" PRId64, id);
+    btl_snprintf(delay_s, sizeof delay_s, "%" PRId64, delay_ms);
+    const char *params[] = {id_s, worker, delay_s, err};
+    rc = btl_db_query(db,
+                      "UPDATE jobs SET status = 'queued', attempts = greatest(attempts - 1, 0), "
+                      "lease_until = NULL, run_after = now() + $3::bigint * interval '1 "
+                      "millisecond', last_error = $4 "
+                      "WHERE id = $1::bigint AND status = 'running' AND locked_by = $2",
+                      4, params, &r);
+    if (rc == 0 && btl_db_affected(r) == 0)
+        rc = BTL_ECONFLICT;
+    PQclear(r);
+    return rc;
+}
+
 int btl_jobs_release(btl_db *db, const int64_t *ids, int n, const char *worker, int *n_released)
 {
     return batch_update(db,

@@ -213,6 +213,18 @@ static int drain(worker_shared *ws, btl_worker_env *env, btl_job *batch, int64_t
                 ids[ndone++] = job->id;
                 continue;
             }
+            if (oc.retry_after_ms > 0 && !oc.permanent) {
+                /* Rate limited or over budget: wait for the reset, keep the
+                 * attempt. The run counts it as skipped, not failed. */
+                if (btl_jobs_snooze(env->db, job->id, ws->opts->instance, oc.retry_after_ms,
+                                    oc.error) == 0)
+                    a->skipped++;
+                const char *lv[] = {job->kind, "snoozed"};
+                btl_metric_inc(ws->m_jobs, lv, 1);
+                BTL_INFO("job snoozed", "kind", job->kind, "task", job->task_id, "reason", oc.error,
+                         "retry_after_ms", btl_log_i64((char[32]){0}, oc.retry_after_ms));
+                continue;
+            }
             bool dead = false;
             int frc =
                 btl_jobs_fail(env->db, job->id, ws->opts->instance, oc.error, oc.permanent, &dead);

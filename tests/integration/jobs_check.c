@@ -891,6 +891,32 @@ static void test_release(void)
     btl_db_close(db);
 }
 
+static void test_snooze(void)
+{
+    btl_db *db = open_db();
+    int64_t id = enqueue(db, "t_snz", NULL);
+    REQUIRE(claim1(db, "t_snz", "sw", 60000) == id, "claim");
+    CHECK(btl_jobs_snooze(db, id, "stranger", 1000, "x") == BTL_ECONFLICT,
+          "stranger cannot snooze");
+    CHECK(btl_jobs_snooze(db, id, "sw", 3600000, "rate limited: retry in 1h") == 0, "snooze");
+    char st[16];
+    status_of(db, id, st, sizeof st);
+    CHECK(strcmp(st, "queued") == 0, "queued again: %s", st);
+    CHECK(q_id(db, "SELECT attempts FROM jobs WHERE id = $1::bigint", id) == 0,
+          "snooze keeps the attempt");
+    CHECK(q_id(db,
+               "SELECT (run_after > now() + interval '59 minutes')::int FROM jobs WHERE id = "
+               "$1::bigint",
+               id) == 1,
+          "run_after moved by the delay");
+    btl_job j;
+    int n = -1;
+    CHECK(btl_jobs_claim(db, "t_snz", "sw", 1, 60000, &j, &n) == 0 && n == 0,
+          "not claimable before the delay");
+    CHECK(btl_jobs_snooze(db, id, "sw", -1, "x") == BTL_EINVAL, "negative delay refused");
+    btl_db_close(db);
+}
+
 /* Wait (bounded) until the job's lease is in the past on the server clock. */
 static bool wait_lease_expired(btl_db *db, int64_t id)
 {
@@ -1004,6 +1030,7 @@ int main(int argc, char **argv)
         {"extend_complete", test_extend_complete},
         {"fail", test_fail},
         {"release", test_release},
+        {"snooze", test_snooze},
         {"rescue", test_rescue},
         {"cleanup_count", test_cleanup_count},
     };

@@ -105,6 +105,13 @@ int btl_jobs_fail(btl_db *db, int64_t id, const char *worker, const char *error,
  * - 1, lease cleared), only those still held by worker. */
 int btl_jobs_release(btl_db *db, const int64_t *ids, int n, const char *worker, int *n_released);
 
+/* Snooze: a job that could not run yet (rate limit, quota until a reset)
+ * goes back to queued with run_after = now + delay_ms, without using up an
+ * attempt; last_error keeps why. Only if still held by worker, else
+ * BTL_ECONFLICT. delay_ms 0..30 days. */
+int btl_jobs_snooze(btl_db *db, int64_t id, const char *worker, int64_t delay_ms,
+                    const char *reason);
+
 /* Running jobs whose lease_until < now() → queued (run_after now()), or dead
  * when attempts >= max_attempts; last_error "lease expired (worker X)".
  * Skips rows locked by a concurrent caller. *n (may be NULL) = rescued. */

@@ -34,9 +34,11 @@
 #define BTL_UNRECOVERABLE_PREFIX "unrecoverable: "
 
 typedef struct btl_job_outcome {
-    bool permanent;     /* no retry: the job goes dead */
-    bool unrecoverable; /* configuration error, 401...: pause the task */
-    bool skipped;       /* nothing to do (counted as skipped, completes) */
+    bool permanent;         /* no retry: the job goes dead */
+    bool unrecoverable;     /* configuration error, 401...: pause the task */
+    bool skipped;           /* nothing to do (counted as skipped, completes) */
+    int64_t retry_after_ms; /* > 0 on failure: not a failure yet (rate limit,
+                             * quota): run again after this, attempt not used */
     char error[1024];
 } btl_job_outcome;
 
