@@ -1208,6 +1208,13 @@ static const struct key_desc worker_tab[] = {
 
 static int walk_tasks(struct walk *w, const struct key_desc *d, const struct node *val,
                       const struct node *pos, const char *path, char *base);
+static int walk_db_update(struct walk *w, const struct key_desc *d, const struct node *val,
+                          const struct node *pos, const char *path, char *base);
+
+static const struct key_desc bot_tab[] = {
+    {.name = "db_update", .type = T_CUSTOM, .custom = walk_db_update},
+    END,
+};
 
 /* The sub-tables of the top level share btl_config as their base. */
 static const struct key_desc top_tab[] = {
@@ -1220,6 +1227,7 @@ static const struct key_desc top_tab[] = {
     {.name = "worker", .type = T_MAP, .sub = worker_tab},
     {.name = "providers", .type = T_MAP, .sub = providers_tab},
     {.name = "platforms", .type = T_MAP, .sub = platforms_tab},
+    {.name = "bot", .type = T_MAP, .sub = bot_tab},
     {.name = "tasks", .type = T_CUSTOM, .custom = walk_tasks},
     END,
 };
@@ -1331,6 +1339,73 @@ static int walk_tasks(struct walk *w, const struct key_desc *d, const struct nod
         if ((rc = check_task(w, t, m ? m : k, tpath)) != 0)
             return rc;
         c->n_tasks++;
+    }
+    return 0;
+}
+
+/* Names that db.update quotes as identifiers: plain ones only, so the
+ * whitelist reads the way PostgreSQL spells the real objects. */
+static bool valid_sql_ident(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > 63 || !is_var_start(s[0]))
+        return false;
+    for (; *s; s++)
+        if (!is_var_char(*s))
+            return false;
+    return true;
+}
+
+static int walk_db_update(struct walk *w, const struct key_desc *d, const struct node *val,
+                          const struct node *pos, const char *path, char *base)
+{
+    (void)d;
+    (void)pos;
+    (void)base;
+    btl_config *c = w->cfg;
+    c->bot.db_update = NULL;
+    c->bot.n_db_update = 0;
+    if (val == NULL || is_null_scalar(val))
+        return 0;
+    if (val->kind != N_MAP)
+        return wfail(w, val, "%s: expected a mapping of table names to column lists, found %s",
+                     path, kind_name(val));
+    if (val->count > BTL_CONFIG_MAX_BOT_TABLES)
+        return wfail(w, val, "%s: more than %d tables", path, BTL_CONFIG_MAX_BOT_TABLES);
+    c->bot.db_update = arena_alloc(w->a, (val->count ? val->count : 1) * sizeof *c->bot.db_update);
+    if (c->bot.db_update == NULL)
+        return wfail(w, val, "out of memory");
+    /* Reuse the string-list reader with the column fields as its target. */
+    const struct key_desc cols = {.name = "columns",
+                                  .type = T_STRLIST,
+                                  .off = offsetof(btl_bot_table_cfg, columns),
+                                  .count_off = offsetof(btl_bot_table_cfg, n_columns)};
+    char tpath[256], b[80];
+    for (const struct node *k = val->head; k; k = k->next) {
+        if (!valid_sql_ident(k->s))
+            return wfail(w, k, "%s: bad table name '%s' (1-63 of A-Z a-z 0-9 _, not a digit first)",
+                         path, show(k->s, b, sizeof b));
+        btl_bot_table_cfg *t = &c->bot.db_update[c->bot.n_db_update];
+        if ((t->table = arena_strndup(w->a, k->s, strlen(k->s))) == NULL)
+            return wfail(w, k, "out of memory");
+        join_path(tpath, sizeof tpath, path, k->s);
+        const struct node *v = k->val && !is_null_scalar(k->val) ? k->val : NULL;
+        if (v == NULL)
+            return wfail(w, k, "%s: needs a list of columns", tpath);
+        int rc = set_list(w, &cols, v, tpath, (char *)t);
+        if (rc)
+            return rc;
+        if (t->n_columns == 0)
+            return wfail(w, v, "%s: needs at least one column", tpath);
+        const struct node *it = v->head;
+        for (size_t i = 0; i < t->n_columns; i++, it = it ? it->next : NULL) {
+            if (!valid_sql_ident(t->columns[i]))
+                return wfail(w, it ? it : v,
+                             "%s[%zu]: bad column name '%s' (1-63 of A-Z a-z 0-9 _, not a "
+                             "digit first)",
+                             tpath, i, show(t->columns[i], b, sizeof b));
+        }
+        c->bot.n_db_update++;
     }
     return 0;
 }

@@ -46,6 +46,20 @@ const char *btl_log_i64(char buf[32], long long v)
     return buf;
 }
 
+/* Raw values are numbers or true/false/null only: a string from outside
+ * that happens to start with the marker byte is quoted like any other. */
+static bool raw_scalar(const char *v)
+{
+    if (strcmp(v, "true") == 0 || strcmp(v, "false") == 0 || strcmp(v, "null") == 0)
+        return true;
+    if (*v == '\0')
+        return false;
+    for (; *v; v++)
+        if (!strchr("0123456789+-.eE", *v))
+            return false;
+    return true;
+}
+
 void btl__log_emit(enum btl_log_level lvl, const char *msg, ...)
 {
     char ts[40];
@@ -71,7 +85,7 @@ void btl__log_emit(enum btl_log_level lvl, const char *msg, ...)
         btl_buf_puts(&b, ":");
         if (v == NULL)
             btl_buf_puts(&b, "null");
-        else if (v[0] == '\001')
+        else if (v[0] == '\001' && raw_scalar(v + 1))
             btl_buf_puts(&b, v + 1);
         else
             btl_buf_json_str(&b, v);

@@ -167,6 +167,13 @@ int btl_format_iso8601(int64_t unix_ms, char *buf, size_t n)
                         (int)(sod / 3600), (int)(sod / 60 % 60), (int)(sod % 60));
 }
 
+int btl_format_epoch_s(int64_t unix_ms, char *buf, size_t n)
+{
+    uint64_t mag = unix_ms < 0 ? (uint64_t)0 - (uint64_t)unix_ms : (uint64_t)unix_ms;
+    return btl_snprintf(buf, n, "%s%llu.%03u", unix_ms < 0 ? "-" : "",
+                        (unsigned long long)(mag / 1000), (unsigned)(mag % 1000));
+}
+
 static int take_digits(const char **p, int count, int *out)
 {
     int v = 0;

@@ -176,8 +176,56 @@ static void report(worker_shared *ws, const run_agg *a)
 /* One drain cycle: claim batches until the queue is empty, a second has
  * passed (so long drains still report), or we are stopping. Returns the
  * number of jobs claimed. */
-static int drain(worker_shared *ws, btl_worker_env *env, btl_job *batch, int64_t *ids,
-                 int64_t *done)
+/* Successful jobs of the current batch waiting to be marked done. */
+typedef struct pending_done {
+    int64_t *ids;  /* claimed ids that succeeded */
+    int64_t *done; /* scratch: ids the database accepted */
+    bool *skipped; /* per ids[] entry: handler said nothing to do */
+    int n;
+    int64_t last_flush_ms;
+} pending_done;
+
+/* Marks the pending successes done in one statement and accounts for each:
+ * only what the database accepted as ours counts; a job whose lease ran out
+ * was rescued and is reported where it completes. */
+static void flush_done(worker_shared *ws, btl_worker_env *env, const btl_job *batch, int nbatch,
+                       pending_done *pd, run_agg *aggs, int *naggs)
+{
+    pd->last_flush_ms = btl_mono_ms();
+    if (pd->n == 0)
+        return;
+    int n_ok = 0;
+    if (btl_jobs_complete_ids(env->db, pd->ids, pd->n, ws->opts->instance, pd->done, &n_ok) != 0)
+        BTL_WARN("complete failed", "error", btl_db_last_error(env->db));
+    for (int d = 0; d < pd->n; d++) {
+        bool ours = false;
+        for (int k = 0; k < n_ok && !ours; k++)
+            ours = pd->done[k] == pd->ids[d];
+        for (int k = 0; k < nbatch; k++) {
+            if (batch[k].id != pd->ids[d])
+                continue;
+            run_agg *a = agg_for(aggs, naggs, &batch[k]);
+            if (ours && !pd->skipped[d])
+                a->processed++;
+            else
+                a->skipped++;
+            if (ours) {
+                const char *lv[] = {batch[k].kind, "done"};
+                btl_metric_inc(ws->m_jobs, lv, 1);
+            }
+            break;
+        }
+    }
+    if (n_ok < pd->n)
+        BTL_WARN("lease lost before completion", "count", btl_log_i64((char[32]){0}, pd->n - n_ok));
+    pd->n = 0;
+}
+
+/* One drain cycle: claim batches until the queue is empty, a second has
+ * passed (so long drains still report), or we are stopping. Successes are
+ * marked done in batches, but at least every 250 ms, so a crash re-runs
+ * little finished work. Returns the number of jobs claimed. */
+static int drain(worker_shared *ws, btl_worker_env *env, btl_job *batch, pending_done *pd)
 {
     const btl_config *cfg = ws->cfg;
     run_agg aggs[MAX_AGG];
@@ -194,8 +242,8 @@ static int drain(worker_shared *ws, btl_worker_env *env, btl_job *batch, int64_t
         if (n == 0)
             break;
         total += n;
-        int ndone = 0;
-        bool skipped[1000]; /* worker.batch_size is at most 1000 */
+        pd->n = 0;
+        pd->last_flush_ms = btl_mono_ms();
         int i;
         btl_metric_inc(ws->m_active, NULL, n);
         for (i = 0; i < n && !ws->stop; i++) {
@@ -209,8 +257,10 @@ static int drain(worker_shared *ws, btl_worker_env *env, btl_job *batch, int64_t
                 break; /* interrupted by shutdown: released below */
             }
             if (rc == 0) {
-                skipped[ndone] = oc.skipped;
-                ids[ndone++] = job->id;
+                pd->skipped[pd->n] = oc.skipped;
+                pd->ids[pd->n++] = job->id;
+                if (btl_mono_ms() - pd->last_flush_ms >= 250)
+                    flush_done(ws, env, batch, i + 1, pd, aggs, &naggs);
                 continue;
             }
             if (oc.retry_after_ms > 0 && !oc.permanent) {
@@ -248,34 +298,7 @@ static int drain(worker_shared *ws, btl_worker_env *env, btl_job *batch, int64_t
             btl_jobs_release(env->db, rel, nrel, ws->opts->instance, &nr);
             BTL_INFO("released unfinished jobs", "count", btl_log_i64((char[32]){0}, nr));
         }
-        if (ndone > 0) {
-            int n_ok = 0;
-            rc = btl_jobs_complete_ids(env->db, ids, ndone, ws->opts->instance, done, &n_ok);
-            if (rc != 0)
-                BTL_WARN("complete failed", "error", btl_db_last_error(env->db));
-            /* Count only what the database accepted as ours: a job whose
-             * lease ran out was rescued and is reported where it completes. */
-            for (int d = 0; d < ndone; d++) {
-                bool ours = false;
-                for (int k = 0; k < n_ok && !ours; k++)
-                    ours = done[k] == ids[d];
-                for (int k = 0; k < i; k++) {
-                    if (batch[k].id == ids[d]) {
-                        run_agg *a = agg_for(aggs, &naggs, &batch[k]);
-                        if (ours && !skipped[d])
-                            a->processed++;
-                        else
-                            a->skipped++;
-                        break;
-                    }
-                }
-            }
-            if (n_ok < ndone)
-                BTL_WARN("lease lost before completion", "count",
-                         btl_log_i64((char[32]){0}, ndone - n_ok));
-            const char *lv[] = {"all", "done"};
-            btl_metric_inc(ws->m_jobs, lv, n_ok);
-        }
+        flush_done(ws, env, batch, i, pd, aggs, &naggs);
         btl_metric_inc(ws->m_active, NULL, -n);
         for (int k = 0; k < n; k++)
             btl_job_clear(&batch[k]);
@@ -293,9 +316,10 @@ static void *thread_main(void *arg)
     char err[512];
     int bs = ws->cfg->worker.batch_size;
     btl_job *batch = calloc((size_t)bs, sizeof *batch);
-    int64_t *ids = calloc((size_t)bs, sizeof *ids);
-    int64_t *done = calloc((size_t)bs, sizeof *done);
-    if (batch == NULL || ids == NULL || done == NULL)
+    pending_done pd = {.ids = calloc((size_t)bs, sizeof *pd.ids),
+                       .done = calloc((size_t)bs, sizeof *pd.done),
+                       .skipped = calloc((size_t)bs, sizeof *pd.skipped)};
+    if (batch == NULL || pd.ids == NULL || pd.done == NULL || pd.skipped == NULL)
         goto out;
     uint64_t seen = 0;
     while (!ws->stop) {
@@ -316,7 +340,7 @@ static void *thread_main(void *arg)
                               .service = ws->opts->service,
                               .instance = ws->opts->instance,
                               .stop = &ws->stop};
-        int got = drain(ws, &env, batch, ids, done);
+        int got = drain(ws, &env, batch, &pd);
         if (got > 0)
             continue; /* more may be waiting */
         /* Sleep until a tick or the fallback poll. */
@@ -335,8 +359,9 @@ static void *thread_main(void *arg)
 out:
     btl_db_close(db);
     free(batch);
-    free(ids);
-    free(done);
+    free(pd.ids);
+    free(pd.done);
+    free(pd.skipped);
     return NULL;
 }
 
@@ -467,8 +492,8 @@ int btl_worker_main(const btl_worker_opts *opts, volatile sig_atomic_t *stop,
     ws.m_jobs = btl_metrics_counter(reg, "jobs_processed_total", "Jobs finished by this worker",
                                     (const char *[]){"kind", "outcome", NULL});
     ws.m_active = btl_metrics_gauge(reg, "active_executions", "Jobs being run right now", NULL);
-    ws.m_duration = btl_metrics_histogram(reg, "execution_duration_seconds", "Time to run one job",
-                                          NULL, NULL, 0);
+    ws.m_duration =
+        btl_metrics_histogram(reg, "job_duration_seconds", "Time to run one job", NULL, NULL, 0);
     ws.m_frames = btl_metrics_counter(reg, "bus_frames_total", "Bus frames by direction and topic",
                                       (const char *[]){"direction", "topic", NULL});
     ws.m_rejected = btl_metrics_counter(reg, "bus_frames_rejected_total",

@@ -36,11 +36,6 @@ int sched_set_paused(btl_db *db, const char *task, bool paused, char *err, size_
     return rc;
 }
 
-static void ms_text(int64_t ms, char *buf, size_t n)
-{
-    btl_snprintf(buf, n, "%.3f", (double)ms / 1000.0);
-}
-
 int sched_record_result(scheduler *s, btl_db *db, const btl_exec_result *r)
 {
     PGresult *res = NULL;
@@ -48,8 +43,8 @@ int sched_record_result(scheduler *s, btl_db *db, const btl_exec_result *r)
     bool in_tx = false;
     char run_s[32], st_s[32], fin_s[32], ok_n[32], fail_n[32], skip_n[32];
     btl_snprintf(run_s, sizeof run_s, "%lld", (long long)r->run_id);
-    ms_text(r->started_ts, st_s, sizeof st_s);
-    ms_text(r->finished_ts, fin_s, sizeof fin_s);
+    btl_format_epoch_s(r->started_ts, st_s, sizeof st_s);
+    btl_format_epoch_s(r->finished_ts, fin_s, sizeof fin_s);
     btl_snprintf(ok_n, sizeof ok_n, "%lld", (long long)r->processed);
     btl_snprintf(fail_n, sizeof fail_n, "%lld", (long long)r->failed);
     btl_snprintf(skip_n, sizeof skip_n, "%lld", (long long)r->skipped);
@@ -177,6 +172,14 @@ out:
     return rc;
 }
 
+static bool task_known(scheduler *s, const char *task)
+{
+    sched_conf *c = sched_conf_get(s);
+    bool known = sched_conf_task(c, task) != NULL;
+    sched_conf_put(c);
+    return known;
+}
+
 void *sched_collect_main(void *arg)
 {
     scheduler *s = arg;
@@ -199,6 +202,15 @@ void *sched_collect_main(void *arg)
         }
         if (rc != 0) {
             btl_sleep_ms(50);
+            continue;
+        }
+        if (m.kind == BTL_MSG_EXEC_RESULT && !task_known(s, m.body.exec.task)) {
+            /* Task names become rows and metric labels: only configured ones. */
+            const char *rv[] = {"unknown_task"};
+            btl_metric_inc(s->m_rejected, rv, 1);
+            BTL_DEBUG("exec.result for an unknown task dropped", "task", m.body.exec.task);
+            btl_msg_free(&m);
+            free(frame);
             continue;
         }
         const char *lv[] = {"in", m.type};

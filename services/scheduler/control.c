@@ -81,15 +81,17 @@ static json_t *handle(scheduler *s, btl_db *db, const btl_control_req *req)
 {
     const char *cmd = req->cmd;
     const char *task = req->task[0] ? req->task : (req->nargs > 0 ? req->args[0] : "");
-    bool db_ok = db != NULL && btl_db_ensure(db) == 0;
+    /* ping never waits on the database: it must answer while Postgres is
+     * down; "db" is the leader loop's latest view. */
     if (strcmp(cmd, "ping") == 0)
         return json_pack("{s:b, s:s, s:s, s:b, s:b}", "ok", 1, "pong", "scheduler", "instance",
-                         s->instance, "leader", atomic_load(&s->leader), "db", db_ok);
+                         s->instance, "leader", atomic_load(&s->leader), "db",
+                         atomic_load(&s->db_ok));
     if (strcmp(cmd, "reload") == 0) {
         btl_service_reload_request();
         return json_pack("{s:b, s:s}", "ok", 1, "message", "reload requested");
     }
-    if (!db_ok)
+    if (db == NULL || btl_db_ensure(db) != 0)
         return error_reply("database unavailable%s", "");
     if (strcmp(cmd, "status") == 0) {
         json_t *r =
@@ -168,6 +170,7 @@ void *sched_control_main(void *arg)
     scheduler *s = arg;
     btl_db *db = NULL;
     char err[512];
+    int64_t next_open = 0;
     while (!*s->stop) {
         char *buf = NULL;
         size_t len = 0;
@@ -197,10 +200,14 @@ void *sched_control_main(void *arg)
                 if (strcmp(req.cmd, known[k]) == 0)
                     lv[0] = known[k];
             btl_metric_inc(s->m_control, lv, 1);
-            if (db == NULL) {
+            /* Reconnect at most once a second: a down database must not
+             * make every request wait for a connect timeout. */
+            if (db == NULL && strcmp(req.cmd, "ping") != 0 && btl_mono_ms() >= next_open) {
                 sched_conf *c = sched_conf_get(s);
-                if (btl_db_open(c->cfg->database.url, &db, err, sizeof err) != 0)
+                if (btl_db_open(c->cfg->database.url, &db, err, sizeof err) != 0) {
                     db = NULL;
+                    next_open = btl_mono_ms() + 1000;
+                }
                 sched_conf_put(c);
             }
             reply = handle(s, db, &req);

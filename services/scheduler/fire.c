@@ -133,11 +133,6 @@ int sched_next(const sched_task *t, int64_t due_ms, int64_t now_ms, int64_t *nex
     return 0;
 }
 
-static void ms_to_text(int64_t ms, char *buf, size_t n)
-{
-    btl_snprintf(buf, n, "%.3f", (double)ms / 1000.0);
-}
-
 /* First plan for a task that has never been planned (or whose schedule
  * changed). immediate fires now; once at its instant (even if past, the
  * catch-up rule decides); the rest at their next fire after now. */
@@ -157,6 +152,20 @@ static int first_plan(const sched_task *t, int64_t now, int64_t *next_due, int64
     }
 }
 
+static int load_last_due(btl_db *db, const char *task, int64_t *last_due)
+{
+    PGresult *res = NULL;
+    const char *p[] = {task};
+    int rc = btl_db_query(db,
+                          "SELECT (extract(epoch FROM last_due) * 1000)::bigint FROM tasks "
+                          "WHERE task_id = $1 AND last_due IS NOT NULL",
+                          1, p, &res);
+    if (rc == 0)
+        *last_due = PQntuples(res) == 1 ? btl_db_get_i64(res, 0, 0) : 0;
+    PQclear(res);
+    return rc;
+}
+
 static int sync_tasks(scheduler *s, btl_db *db, const sched_conf *c)
 {
     int64_t now = btl_now_ms();
@@ -164,10 +173,19 @@ static int sync_tasks(scheduler *s, btl_db *db, const sched_conf *c)
         const sched_task *t = &c->tasks[i];
         int64_t nd = 0, nr = 0;
         char due_s[32] = "", run_s[32] = "";
-        bool planned = first_plan(t, now, &nd, &nr) == 0;
+        /* A changed schedule continues from the last fire (a fire due in
+         * five minutes stays due), a new task starts from now. */
+        int64_t last_due = 0;
+        bool planned;
+        enum btl_schedule_kind kind = btl_schedule_kind(t->schedule);
+        if ((kind == BTL_SCHED_EVERY || kind == BTL_SCHED_CRON) &&
+            load_last_due(db, t->cfg->name, &last_due) == 0 && last_due > 0)
+            planned = sched_next(t, last_due, now, &nd, &nr) == 0;
+        else
+            planned = first_plan(t, now, &nd, &nr) == 0;
         if (planned) {
-            ms_to_text(nd, due_s, sizeof due_s);
-            ms_to_text(nr, run_s, sizeof run_s);
+            btl_format_epoch_s(nd, due_s, sizeof due_s);
+            btl_format_epoch_s(nr, run_s, sizeof run_s);
         }
         const char *p[] = {t->cfg->name,          t->cfg->service, t->cfg->schedule,
                            t->cfg->timezone,      t->config_hash,  planned ? run_s : NULL,
@@ -248,7 +266,7 @@ int sched_fire(scheduler *s, btl_db *db, const sched_task *t, const char *reason
     bool in_tx = false;
     char due_s[32], ukey[192];
     *run_id = 0;
-    ms_to_text(due_ms, due_s, sizeof due_s);
+    btl_format_epoch_s(due_ms, due_s, sizeof due_s);
     if ((rc = btl_db_begin(db)) != 0)
         goto out;
     in_tx = true;
@@ -303,7 +321,21 @@ int sched_fire(scheduler *s, btl_db *db, const sched_task *t, const char *reason
     }
     if (flags & SCHED_FIRE_TRIAL) {
         /* In the same transaction: the trial's result may come back before
-         * anything after the commit runs. */
+         * anything after the commit runs. Only one trial per opening: a
+         * second leader finds the circuit half-open already. */
+        const char *q[] = {tc->name};
+        if ((rc = btl_db_query(db,
+                               "SELECT 1 FROM tasks WHERE task_id = $1 AND circuit_state = "
+                               "'open' AND paused_reason LIKE 'circuit open%' FOR UPDATE",
+                               1, q, &res)) != 0)
+            goto out;
+        bool still_open = PQntuples(res) == 1;
+        PQclear(res);
+        res = NULL;
+        if (!still_open) {
+            *run_id = 0;
+            goto out; /* rolled back: no trial */
+        }
         char rid[32];
         btl_snprintf(rid, sizeof rid, "%lld", (long long)*run_id);
         const char *p[] = {tc->name, rid};
@@ -316,10 +348,15 @@ int sched_fire(scheduler *s, btl_db *db, const sched_task *t, const char *reason
     if (advance) {
         int64_t nd = 0, nr = 0;
         int64_t now = btl_now_ms();
-        bool again = sched_next(t, due_ms, now, &nd, &nr) == 0;
+        int nrc = sched_next(t, due_ms, now, &nd, &nr);
+        if (nrc != 0 && nrc != BTL_ENOTFOUND) {
+            rc = nrc; /* keep the old plan and say so, never stop silently */
+            goto out;
+        }
+        bool again = nrc == 0;
         char nd_s[32], nr_s[32];
-        ms_to_text(nd, nd_s, sizeof nd_s);
-        ms_to_text(nr, nr_s, sizeof nr_s);
+        btl_format_epoch_s(nd, nd_s, sizeof nd_s);
+        btl_format_epoch_s(nr, nr_s, sizeof nr_s);
         const char *p[] = {tc->name, due_s, again ? nr_s : NULL, again ? nd_s : NULL};
         if ((rc = btl_db_query(db,
                                "UPDATE tasks SET last_run = now(), last_due = "
@@ -357,6 +394,7 @@ out:
 
 typedef struct task_row {
     bool found, paused, has_next;
+    bool circuit_paused; /* paused by the breaker, not by an operator */
     int64_t next_run, next_due, opened_at;
     char circuit[16];
 } task_row;
@@ -370,7 +408,8 @@ static int load_row(btl_db *db, const char *name, task_row *row)
                           "SELECT is_paused, next_run IS NOT NULL, "
                           "(extract(epoch FROM next_run) * 1000)::bigint, "
                           "(extract(epoch FROM next_due) * 1000)::bigint, circuit_state, "
-                          "(extract(epoch FROM circuit_opened_at) * 1000)::bigint "
+                          "(extract(epoch FROM circuit_opened_at) * 1000)::bigint, "
+                          "coalesce(paused_reason LIKE 'circuit open%', false) "
                           "FROM tasks WHERE task_id = $1",
                           1, p, &res);
     if (rc != 0)
@@ -383,9 +422,43 @@ static int load_row(btl_db *db, const char *name, task_row *row)
         row->next_due = PQgetisnull(res, 0, 3) ? row->next_run : btl_db_get_i64(res, 0, 3);
         btl_strlcpy(row->circuit, PQgetvalue(res, 0, 4), sizeof row->circuit);
         row->opened_at = btl_db_get_i64(res, 0, 5);
+        row->circuit_paused = PQgetvalue(res, 0, 6)[0] == 't';
     }
     PQclear(res);
     return 0;
+}
+
+/* The trial's exec.result can be lost (database or bus down, scheduler
+ * restart). Once its jobs are all finished and circuit_reset has passed
+ * since it fired, decide from the jobs themselves: all done closes the
+ * circuit, anything else opens it again. */
+static void settle_stale_trial(btl_db *db, const char *task, int64_t reset_ms)
+{
+    char reset_s[32];
+    btl_snprintf(reset_s, sizeof reset_s, "%lld", (long long)reset_ms);
+    const char *p[] = {task, reset_s};
+    PGresult *res = NULL;
+    if (btl_db_query(
+            db,
+            "WITH trial AS (SELECT t.trial_run_id AS run_id FROM tasks t JOIN task_runs r ON "
+            "r.run_id = t.trial_run_id WHERE t.task_id = $1 AND t.circuit_state = 'half_open' "
+            "AND r.fired_at < now() - $2::bigint * interval '1 millisecond'), "
+            "j AS (SELECT count(*) FILTER (WHERE status IN ('queued', 'running')) AS pending, "
+            "count(*) FILTER (WHERE status <> 'done') AS bad FROM jobs WHERE run_id = "
+            "(SELECT run_id FROM trial)) "
+            "UPDATE tasks SET circuit_state = CASE WHEN j.bad = 0 THEN 'closed' ELSE 'open' END, "
+            "circuit_opened_at = CASE WHEN j.bad = 0 THEN NULL ELSE now() END, "
+            "is_paused = CASE WHEN j.bad = 0 THEN false ELSE is_paused END, "
+            "paused_reason = CASE WHEN j.bad = 0 THEN NULL ELSE paused_reason END, "
+            "consecutive_failures = CASE WHEN j.bad = 0 THEN 0 ELSE consecutive_failures END, "
+            "trial_run_id = NULL, updated_at = now() FROM j "
+            "WHERE task_id = $1 AND circuit_state = 'half_open' AND EXISTS (SELECT 1 FROM trial) "
+            "AND j.pending = 0 RETURNING circuit_state",
+            2, p, &res) == 0 &&
+        PQntuples(res) == 1)
+        BTL_WARN("trial result never arrived: decided from its jobs", "task", task, "circuit",
+                 PQgetvalue(res, 0, 0));
+    PQclear(res);
 }
 
 /* A fire counts as missed (not merely late) when the schedule's next fire
@@ -414,7 +487,11 @@ static void fire_due(scheduler *s, btl_db *db, const sched_conf *c)
         int64_t run_id = 0;
         if (!tc->enabled || load_row(db, tc->name, &row) != 0 || !row.found)
             continue;
-        if (strcmp(row.circuit, "open") == 0 &&
+        if (strcmp(row.circuit, "half_open") == 0) {
+            settle_stale_trial(db, tc->name, cfg->scheduler.circuit_reset_ms);
+            continue;
+        }
+        if (strcmp(row.circuit, "open") == 0 && row.circuit_paused &&
             now - row.opened_at >= cfg->scheduler.circuit_reset_ms) {
             /* Half-open: one trial run decides whether the circuit closes. */
             if (sched_fire(s, db, t, "scheduled", now, SCHED_FIRE_TRIAL, &run_id, err,
@@ -429,14 +506,16 @@ static void fire_due(scheduler *s, btl_db *db, const sched_conf *c)
         const char *reason = "scheduled";
         if (btl_schedule_kind(t->schedule) == BTL_SCHED_IMMEDIATE)
             reason = "startup";
-        else if (now - row.next_run > grace || following_also_due(t, row.next_due, now))
-            reason = "catchup";
+        else if (now - row.next_run > grace ||
+                 following_also_due(t, row.next_due > row.next_run ? row.next_due : row.next_run,
+                                    now))
+            reason = "catchup"; /* from next_run too: a window's delay is not a miss */
         if (tc->window.set) {
             btl_window w = {tc->window.from_min, tc->window.to_min, t->window_tz};
             if (!btl_window_contains(&w, now)) {
                 /* A late fire outside the window waits for its opening. */
                 char nr[32];
-                ms_to_text(btl_window_adjust(&w, now), nr, sizeof nr);
+                btl_format_epoch_s(btl_window_adjust(&w, now), nr, sizeof nr);
                 const char *p[] = {tc->name, nr};
                 btl_db_query(db,
                              "UPDATE tasks SET next_run = to_timestamp($2::float8) "
@@ -448,9 +527,15 @@ static void fire_due(scheduler *s, btl_db *db, const sched_conf *c)
         if (strcmp(reason, "catchup") == 0 && tc->catchup == BTL_CATCHUP_NONE) {
             int64_t nd, nr;
             char nd_s[32], nr_s[32];
-            bool again = sched_next(t, row.next_due, now, &nd, &nr) == 0;
-            ms_to_text(nd, nd_s, sizeof nd_s);
-            ms_to_text(nr, nr_s, sizeof nr_s);
+            int nrc = sched_next(t, row.next_due, now, &nd, &nr);
+            if (nrc != 0 && nrc != BTL_ENOTFOUND) {
+                BTL_ERROR("cannot plan the next fire", "task", tc->name, "error",
+                          btl_strerror(nrc));
+                continue;
+            }
+            bool again = nrc == 0;
+            btl_format_epoch_s(nd, nd_s, sizeof nd_s);
+            btl_format_epoch_s(nr, nr_s, sizeof nr_s);
             const char *p[] = {tc->name, again ? nr_s : NULL, again ? nd_s : NULL};
             btl_db_query(db,
                          "UPDATE tasks SET next_run = to_timestamp($2::float8), "
@@ -484,17 +569,44 @@ static void update_task_gauges(scheduler *s, btl_db *db)
         btl_metric_set(s->m_last_success, lv, strtod(PQgetvalue(res, i, 3), NULL));
     }
     PQclear(res);
-    if (btl_db_query(db, "SELECT queue, kind, status, count(*) FROM jobs GROUP BY 1, 2, 3", 0, NULL,
-                     &res) != 0)
+    /* Only the open work, through the partial indexes: finished jobs are
+     * kept for days and must not be scanned every refresh. A series that
+     * drops to zero is set to zero, not left stale. */
+    if (btl_db_query(db,
+                     "SELECT queue, kind, status, count(*) FROM jobs WHERE status IN ('queued', "
+                     "'running') GROUP BY 1, 2, 3 LIMIT 400",
+                     0, NULL, &res) != 0)
         return;
-    for (int i = 0; i < PQntuples(res) && i < 500; i++) {
-        const char *lv[] = {PQgetvalue(res, i, 1), PQgetvalue(res, i, 2)};
+    static char seen[200][2][64];
+    static int nseen;
+    bool hit[200][2] = {{false}};
+    static const char *const open_status[] = {"queued", "running"};
+    for (int i = 0; i < PQntuples(res); i++) {
+        const char *lv[] = {PQgetvalue(res, i, 0), PQgetvalue(res, i, 1), PQgetvalue(res, i, 2)};
         btl_metric_set(s->m_jobs, lv, (double)btl_db_get_i64(res, i, 3));
+        int k;
+        for (k = 0; k < nseen; k++)
+            if (strcmp(seen[k][0], lv[0]) == 0 && strcmp(seen[k][1], lv[1]) == 0)
+                break;
+        if (k == nseen && nseen < 200) {
+            btl_strlcpy(seen[k][0], lv[0], sizeof seen[k][0]);
+            btl_strlcpy(seen[k][1], lv[1], sizeof seen[k][1]);
+            nseen++;
+        }
+        if (k < 200)
+            hit[k][strcmp(lv[2], "running") == 0] = true;
     }
+    for (int k = 0; k < nseen; k++)
+        for (int st = 0; st < 2; st++)
+            if (!hit[k][st]) {
+                const char *lv[] = {seen[k][0], seen[k][1], open_status[st]};
+                btl_metric_set(s->m_jobs, lv, 0);
+            }
     PQclear(res);
 }
 
-static void maintenance(scheduler *s, btl_db *db, const btl_config *cfg, int64_t *last_retention)
+static void maintenance(scheduler *s, btl_db *db, const btl_config *cfg, int64_t *last_retention,
+                        int64_t *last_gauges)
 {
     int n = 0;
     if (btl_jobs_rescue(db, &n) == 0 && n > 0)
@@ -520,7 +632,10 @@ static void maintenance(scheduler *s, btl_db *db, const btl_config *cfg, int64_t
                      1, p, NULL);
         btl_jobs_cleanup(db, cfg->scheduler.history_retention_ms, &n);
     }
-    update_task_gauges(s, db);
+    if (*last_gauges == 0 || now - *last_gauges > 15000) {
+        *last_gauges = now;
+        update_task_gauges(s, db);
+    }
 }
 
 static bool holds_lock(btl_db *db)
@@ -543,7 +658,7 @@ void sched_leader_loop(scheduler *s)
 {
     btl_db *db = NULL;
     char err[512];
-    int64_t last_retention = 0;
+    int64_t last_retention = 0, last_gauges = 0;
     while (!*s->stop) {
         sched_conf *c = sched_conf_get(s);
         const btl_config *cfg = c->cfg;
@@ -558,6 +673,10 @@ void sched_leader_loop(scheduler *s)
         } else if (!atomic_load(&s->leader)) {
             bool got = false;
             if (btl_db_try_advisory_lock(db, SCHED_LEADER_LOCK, &got) == 0 && got) {
+                /* If this host dies, the server must notice soon and free
+                 * the lock for a standby (default keepalives: ~2 h). */
+                btl_db_exec(db, "SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 2; "
+                                "SET tcp_keepalives_count = 3");
                 atomic_store(&s->leader, 1);
                 atomic_store(&s->resync, 1);
                 BTL_INFO("became leader");
@@ -574,7 +693,7 @@ void sched_leader_loop(scheduler *s)
             if (atomic_exchange(&s->resync, 0) && sync_tasks(s, db, c) != 0)
                 atomic_store(&s->resync, 1);
             fire_due(s, db, c);
-            maintenance(s, db, cfg, &last_retention);
+            maintenance(s, db, cfg, &last_retention, &last_gauges);
         }
         btl_metric_set(s->m_leader, NULL, atomic_load(&s->leader));
         sched_conf_put(c);

@@ -55,8 +55,8 @@ static void register_metrics(scheduler *s)
                                         "Malformed bus frames dropped, by reason",
                                         (const char *[]){"reason", NULL});
     s->m_leader = btl_metrics_gauge(m, "scheduler_is_leader", "1 on the leading scheduler", NULL);
-    s->m_jobs = btl_metrics_gauge(m, "jobs", "Jobs in the queue by kind and status",
-                                  (const char *[]){"kind", "status", NULL});
+    s->m_jobs = btl_metrics_gauge(m, "jobs", "Open jobs by queue, kind and status",
+                                  (const char *[]){"queue", "kind", "status", NULL});
     s->m_control =
         btl_metrics_counter(m, "control_requests_total", "Control socket requests by command",
                             (const char *[]){"cmd", NULL});

@@ -802,6 +802,50 @@ static void test_files(void **state)
     btl_config_free(NULL);
 }
 
+/* bot.db_update: the db.update whitelist (tables -> columns), default empty,
+ * names restricted to plain SQL identifiers, errors at the offending node. */
+static void test_bot_db_update(void **state)
+{
+    (void)state;
+    btl_config *cfg = load_ok(DB);
+    assert_int_equal(cfg->bot.n_db_update, 0);
+    assert_null(cfg->bot.db_update);
+    btl_config_free(cfg);
+
+    cfg = load_ok(DB "bot:\n"
+                     "  db_update:\n"
+                     "    posts: [id, angle, metadata]\n"
+                     "    campaign_2:\n"
+                     "      - name\n");
+    assert_int_equal(cfg->bot.n_db_update, 2);
+    assert_string_equal(cfg->bot.db_update[0].table, "posts");
+    assert_int_equal(cfg->bot.db_update[0].n_columns, 3);
+    assert_string_equal(cfg->bot.db_update[0].columns[0], "id");
+    assert_string_equal(cfg->bot.db_update[0].columns[2], "metadata");
+    assert_string_equal(cfg->bot.db_update[1].table, "campaign_2");
+    assert_int_equal(cfg->bot.db_update[1].n_columns, 1);
+    assert_string_equal(cfg->bot.db_update[1].columns[0], "name");
+    btl_config_free(cfg);
+
+    cfg = load_ok(DB "bot: {}\n");
+    assert_int_equal(cfg->bot.n_db_update, 0);
+    btl_config_free(cfg);
+
+    expect_error(DB "bot:\n  db_update:\n    \"posts; drop\": [id]\n",
+                 "t.yaml:4:5: bot.db_update: bad table name 'posts; drop'");
+    expect_error(DB "bot:\n  db_update:\n    posts: [id, \"a b\"]\n",
+                 "t.yaml:4:17: bot.db_update.posts[1]: bad column name 'a b'");
+    expect_error(DB "bot:\n  db_update:\n    posts: []\n",
+                 "t.yaml:4:12: bot.db_update.posts: needs at least one column");
+    expect_error(DB "bot:\n  db_update:\n    posts:\n", "t.yaml:4:5: bot.db_update.posts: needs");
+    expect_error(DB "bot:\n  db_update: [posts]\n",
+                 "t.yaml:3:14: bot.db_update: expected a mapping");
+    expect_error(DB "bot:\n  db_updates: {}\n",
+                 "t.yaml:3:3: unknown key 'db_updates' in bot (did you mean 'db_update'?)");
+    expect_error(DB "bot:\n  db_update:\n    posts: [{a: 1}]\n",
+                 "t.yaml:4:13: bot.db_update.posts[0]: expected a string");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -822,6 +866,7 @@ int main(void)
         cmocka_unit_test(test_syntax_errors),
         cmocka_unit_test(test_bounds),
         cmocka_unit_test(test_files),
+        cmocka_unit_test(test_bot_db_update),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -96,6 +96,20 @@ static void test_iso8601(void **state)
     }
 }
 
+static void test_epoch_seconds(void **state)
+{
+    (void)state;
+    char b[32];
+    assert_int_equal(btl_format_epoch_s(1767258000123LL, b, sizeof b), 0);
+    assert_string_equal(b, "1767258000.123");
+    assert_int_equal(btl_format_epoch_s(5, b, sizeof b), 0);
+    assert_string_equal(b, "0.005");
+    assert_int_equal(btl_format_epoch_s(-1, b, sizeof b), 0);
+    assert_string_equal(b, "-0.001");
+    assert_int_equal(btl_format_epoch_s(-1500, b, sizeof b), 0);
+    assert_string_equal(b, "-1.500");
+}
+
 static void test_buf(void **state)
 {
     (void)state;
@@ -165,6 +179,7 @@ int main(void)
         cmocka_unit_test(test_durations),
         cmocka_unit_test(test_iso8601),
         cmocka_unit_test(test_buf),
+        cmocka_unit_test(test_epoch_seconds),
         cmocka_unit_test(test_log_levels),
         cmocka_unit_test(test_worker_ops),
     };

@@ -5,8 +5,10 @@
 #include "btl/config.h"
 #include "btl/db.h"
 #include "btl/err.h"
+#include "btl/narrative.h"
 #include "btl/proto.h"
 #include "btl/schedule.h"
+#include "btl/state.h"
 #include "btl/util.h"
 
 #include <jansson.h>
@@ -113,7 +115,12 @@ static int control(const cli *c, const char *request, json_t **reply)
     if (env && env[0]) {
         btl_strlcpy(url, env, sizeof url);
     } else if (load_config(c, NULL, &cfg) != 0) {
-        /* Like redis-cli: without a usable config, talk to the local default. */
+        /* Like redis-cli: without a usable config, talk to the local
+         * default — unless a config was named, then its error stands. */
+        if (c->config != NULL || getenv("BTL_CONFIG") != NULL) {
+            rc = BTL_ECONFIG;
+            goto out;
+        }
         btl_strlcpy(url, "tcp://127.0.0.1:7452", sizeof url);
         fprintf(stderr, "btl: using the default control address %s\n", url);
     } else if ((rc = btl_bus_dial_url(cfg->bus.connect, cfg->bus.control, url, sizeof url)) != 0) {
@@ -311,6 +318,19 @@ static int cmd_validate(const cli *c)
             fprintf(stderr, "%s:%d: task %s: narrative file '%s' not found\n", path, t->line,
                     t->name, t->narrative);
             bad++;
+        } else if (t->narrative[0]) {
+            /* Every reference is checked now, not at 3 a.m. */
+            btl_narrative_file *nf = NULL;
+            char nerr[1024];
+            if (btl_narrative_load(t->narrative, &nf, nerr, sizeof nerr) != 0) {
+                fprintf(stderr, "%s (task %s)\n", nerr, t->name);
+                bad++;
+            }
+            btl_narrative_free(nf);
+        } else if (strcmp(t->service, "generator") == 0 && t->job[0] == '\0') {
+            fprintf(stderr, "%s:%d: task %s: a generator task needs a narrative\n", path, t->line,
+                    t->name);
+            bad++;
         }
     }
     if (bad == 0)
@@ -346,8 +366,356 @@ out:
     return rc ? 1 : 0;
 }
 
+/* ---- posts and narrative state (straight to the database) ------------ */
+
+/* posts/state take options the control commands do not (--status, --ttl,
+ * --reason) and JSON values that may start with '-', so they parse their
+ * own command line. */
+typedef struct dbcli {
+    const char *config, *status, *ttl, *reason;
+    int64_t n;
+    bool n_set;
+    const char *pos[8];
+    int npos;
+    char bad[256]; /* first usage error, "" if none */
+} dbcli;
+
+static void dbcli_parse(int argc, char **argv, dbcli *p)
+{
+    memset(p, 0, sizeof *p);
+    bool opts = true;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        bool has_next = i + 1 < argc;
+        /* "-5" is a JSON value, not an option. */
+        bool is_opt = opts && a[0] == '-' && a[1] != '\0' && !(a[1] >= '0' && a[1] <= '9');
+        if (!is_opt) {
+            if (p->npos < (int)BTL_ARRAY_LEN(p->pos))
+                p->pos[p->npos++] = a;
+            else if (!p->bad[0])
+                btl_snprintf(p->bad, sizeof p->bad, "too many arguments");
+        } else if (strcmp(a, "--") == 0)
+            opts = false;
+        else if ((strcmp(a, "--config") == 0 || strcmp(a, "-c") == 0) && has_next)
+            p->config = argv[++i];
+        else if (strcmp(a, "--status") == 0 && has_next)
+            p->status = argv[++i];
+        else if (strcmp(a, "--ttl") == 0 && has_next)
+            p->ttl = argv[++i];
+        else if (strcmp(a, "--reason") == 0 && has_next)
+            p->reason = argv[++i];
+        else if ((strcmp(a, "-n") == 0 || strcmp(a, "--limit") == 0) && has_next) {
+            p->n_set = true;
+            if (btl_parse_i64(argv[++i], 1, 10000, &p->n) != 0 && !p->bad[0])
+                btl_snprintf(p->bad, sizeof p->bad, "-n needs a number in 1..10000");
+        } else if (!p->bad[0]) {
+            btl_snprintf(p->bad, sizeof p->bad, "unknown or incomplete option '%.64s'", a);
+        }
+    }
+}
+
+static void dbcli_usage(FILE *f)
+{
+    fputs("usage: btl posts [--status S] [-n N]      list posts (newest first, default 20)\n"
+          "       btl posts approve ID               pending -> approved\n"
+          "       btl posts reject ID [--reason TEXT] pending/approved -> rejected\n"
+          "       btl state list [PREFIX] [-n N]     keys and values (PREFIX a.b: a.b and a.b.*)\n"
+          "       btl state get KEY\n"
+          "       btl state set KEY JSON [--ttl DURATION]\n"
+          "       btl state delete KEY\n"
+          "       btl state clear PREFIX             delete a.b and every a.b.*\n"
+          "options: --config FILE\n",
+          f);
+}
+
+static int dbcli_open(const dbcli *p, btl_db **db)
+{
+    cli c = {.config = p->config};
+    btl_config *cfg = NULL;
+    char err[1024];
+    if (load_config(&c, NULL, &cfg) != 0)
+        return 1;
+    int rc = btl_db_open(cfg->database.url, db, err, sizeof err);
+    if (rc != 0)
+        fprintf(stderr, "btl: database: %s\n", err);
+    btl_config_free(cfg);
+    return rc ? 1 : 0;
+}
+
+/* Table cells come from generated text: one printable line each. */
+static void print_cell(const char *s, int width, bool last)
+{
+    int n = 0;
+    for (; s && *s; s++, n++)
+        putchar((unsigned char)*s < 0x20 || *s == 0x7f ? ' ' : *s);
+    if (!last)
+        for (; n < width; n++)
+            putchar(' ');
+    putchar(last ? '\n' : ' ');
+}
+
+static const char *const post_statuses[] = {"pending", "approved", "rejected", "posting",
+                                            "posted",  "failed",   "unknown"};
+
+#define POST_TIME(col) "to_char(" col " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
+
+static int posts_list(const dbcli *p, btl_db *db)
+{
+    char lim[24];
+    PGresult *r = NULL;
+    btl_snprintf(lim, sizeof lim, "%lld", (long long)(p->n_set ? p->n : 20));
+    const char *params[] = {p->status, lim};
+    static const char sql[] =
+        "SELECT id, status, CASE WHEN score IS NULL THEN '-' ELSE to_char(score, 'FM990.0') END, "
+        "coalesce(narrative, '-'), "
+        "to_char(generated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), "
+        "left(body, 60) FROM posts WHERE ($1::text IS NULL OR status = $1) "
+        "ORDER BY id DESC LIMIT $2::bigint";
+    int rc = btl_db_query(db, sql, 2, params, &r);
+    if (rc != 0) {
+        fprintf(stderr, "btl posts: %s\n", btl_db_last_error(db));
+        return 1;
+    }
+    printf("%-8s %-9s %-6s %-20s %-20s %s\n", "ID", "STATUS", "SCORE", "NARRATIVE", "GENERATED",
+           "BODY");
+    static const int widths[] = {8, 9, 6, 20, 20, 0};
+    for (int i = 0; i < PQntuples(r); i++)
+        for (int col = 0; col < 6; col++)
+            print_cell(btl_db_get_str(r, i, col), widths[col], col == 5);
+    PQclear(r);
+    return 0;
+}
+
+static int posts_decide(const dbcli *p, btl_db *db, bool approve)
+{
+    const char *verb = approve ? "approve" : "reject";
+    int64_t id;
+    char ids[24];
+    PGresult *r = NULL;
+    int rc = 1;
+    if (btl_parse_i64(p->pos[2], 1, INT64_MAX, &id) != 0) {
+        fprintf(stderr, "btl posts %s: '%s' is not a post id\n", verb, p->pos[2]);
+        return 2;
+    }
+    btl_snprintf(ids, sizeof ids, "%lld", (long long)id);
+    const char *reason = p->reason ? p->reason : "rejected by operator";
+    const char *params[] = {ids, reason};
+    /* The status test sits in the UPDATE itself, so a concurrent curator or
+     * poster cannot slip in between a check and the write. */
+    int q = approve ? btl_db_query(db,
+                                   "UPDATE posts SET status = 'approved', curated_at = now(), "
+                                   "updated_at = now() WHERE id = $1::bigint AND status = "
+                                   "'pending' RETURNING " POST_TIME("curated_at"),
+                                   1, params, &r)
+                    : btl_db_query(db,
+                                   "UPDATE posts SET status = 'rejected', reject_reason = $2, "
+                                   "curated_at = now(), updated_at = now() WHERE id = $1::bigint "
+                                   "AND status IN ('pending', 'approved') RETURNING "
+                                   "reject_reason",
+                                   2, params, &r);
+    if (q != 0) {
+        fprintf(stderr, "btl posts %s: %s\n", verb, btl_db_last_error(db));
+        goto out;
+    }
+    if (PQntuples(r) == 1) {
+        if (approve)
+            printf("post %lld: approved (curated_at %s)\n", (long long)id, btl_db_get_str(r, 0, 0));
+        else
+            printf("post %lld: rejected (reason: %s)\n", (long long)id, btl_db_get_str(r, 0, 0));
+        rc = 0;
+        goto out;
+    }
+    PQclear(r);
+    r = NULL;
+    if (btl_db_query(db, "SELECT status FROM posts WHERE id = $1::bigint", 1, params, &r) != 0) {
+        fprintf(stderr, "btl posts %s: %s\n", verb, btl_db_last_error(db));
+        goto out;
+    }
+    if (PQntuples(r) == 0)
+        fprintf(stderr, "btl posts %s: post %lld not found\n", verb, (long long)id);
+    else
+        fprintf(stderr, "btl posts %s: post %lld is %s, cannot %s\n", verb, (long long)id,
+                btl_db_get_str(r, 0, 0), verb);
+out:
+    PQclear(r);
+    return rc;
+}
+
+static int cmd_posts(const dbcli *p)
+{
+    const char *sub = p->npos > 1 ? p->pos[1] : "list";
+    bool list = strcmp(sub, "list") == 0;
+    bool approve = strcmp(sub, "approve") == 0, reject = strcmp(sub, "reject") == 0;
+    bool ok = (list && p->npos <= 2 && !p->ttl && !p->reason) ||
+              (approve && p->npos == 3 && !p->status && !p->ttl && !p->reason && !p->n_set) ||
+              (reject && p->npos == 3 && !p->status && !p->ttl && !p->n_set);
+    if (ok && p->status) {
+        ok = false;
+        for (size_t i = 0; i < BTL_ARRAY_LEN(post_statuses); i++)
+            ok = ok || strcmp(p->status, post_statuses[i]) == 0;
+        if (!ok) {
+            fprintf(stderr, "btl posts: --status must be one of pending, approved, rejected, "
+                            "posting, posted, failed, unknown\n");
+            return 2;
+        }
+    }
+    if (ok && p->reason && (p->reason[0] == '\0' || strlen(p->reason) > 1000)) {
+        fprintf(stderr, "btl posts reject: --reason must be 1..1000 bytes\n");
+        return 2;
+    }
+    if (!ok) {
+        dbcli_usage(stderr);
+        return 2;
+    }
+    btl_db *db = NULL;
+    if (dbcli_open(p, &db) != 0)
+        return 1;
+    int rc = list ? posts_list(p, db) : posts_decide(p, db, approve);
+    btl_db_close(db);
+    return rc;
+}
+
+static int state_fail(const char *sub, const char *key, int rc, btl_db *db)
+{
+    if (rc == BTL_ENOTFOUND)
+        fprintf(stderr, "btl state %s: key %s not found\n", sub, key);
+    else
+        fprintf(stderr, "btl state %s: %s%s%s\n", sub, btl_strerror(rc),
+                btl_db_last_error(db)[0] ? ": " : "", btl_db_last_error(db));
+    return 1;
+}
+
+static int state_run(const dbcli *p, btl_db *db, const char *sub, int64_t ttl_ms)
+{
+    const char *arg = p->npos > 2 ? p->pos[2] : "";
+    char *v = NULL;
+    int rc;
+    if (strcmp(sub, "get") == 0 || strcmp(sub, "set") == 0) {
+        if (strcmp(sub, "set") == 0 && (rc = btl_state_set(db, arg, p->pos[3], ttl_ms)) != 0)
+            return state_fail(sub, arg, rc, db);
+        if ((rc = btl_state_get(db, arg, &v)) != 0)
+            return state_fail(sub, arg, rc, db);
+        printf("%s\n", v);
+        free(v);
+        return 0;
+    }
+    if (strcmp(sub, "delete") == 0) {
+        bool existed = false;
+        if ((rc = btl_state_delete(db, arg, &existed)) != 0)
+            return state_fail(sub, arg, rc, db);
+        if (!existed)
+            return state_fail(sub, arg, BTL_ENOTFOUND, db);
+        printf("deleted %s\n", arg);
+        return 0;
+    }
+    if (strcmp(sub, "clear") == 0) {
+        int64_t n = 0;
+        if ((rc = btl_state_clear(db, arg, &n)) != 0)
+            return state_fail(sub, arg, rc, db);
+        printf("deleted %lld\n", (long long)n);
+        return 0;
+    }
+    char **keys = NULL;
+    size_t n = 0;
+    if ((rc = btl_state_list(db, arg, &keys, &n, (size_t)(p->n_set ? p->n : 1000))) != 0)
+        return state_fail(sub, arg, rc, db);
+    for (size_t i = 0; i < n; i++) {
+        /* A key may expire or go between the list and the read: skip it. */
+        if ((rc = btl_state_get(db, keys[i], &v)) == 0)
+            printf("%s\t%s\n", keys[i], v);
+        free(v);
+        v = NULL;
+        if (rc != 0 && rc != BTL_ENOTFOUND) {
+            btl_state_keys_free(keys, n);
+            return state_fail(sub, keys[i], rc, db);
+        }
+    }
+    btl_state_keys_free(keys, n);
+    return 0;
+}
+
+static int cmd_state(const dbcli *p)
+{
+    const char *sub = p->npos > 1 ? p->pos[1] : "";
+    int want = strcmp(sub, "list") == 0     ? -1 /* 2 or 3 */
+               : strcmp(sub, "get") == 0    ? 3
+               : strcmp(sub, "set") == 0    ? 4
+               : strcmp(sub, "delete") == 0 ? 3
+               : strcmp(sub, "clear") == 0  ? 3
+                                            : 0;
+    bool ok = want == -1 ? p->npos <= 3 : p->npos == want;
+    ok = ok && !p->status && !p->reason && (!p->ttl || want == 4) && (!p->n_set || want == -1);
+    if (!ok) {
+        dbcli_usage(stderr);
+        return 2;
+    }
+    const char *arg = p->npos > 2 ? p->pos[2] : "";
+    bool arg_ok = want == -1                  ? btl_state_valid_prefix(arg) == 0
+                  : strcmp(sub, "clear") == 0 ? arg[0] && btl_state_valid_prefix(arg) == 0
+                                              : btl_state_valid_key(arg) == 0;
+    if (!arg_ok) {
+        fprintf(stderr,
+                "btl state %s: invalid %s '%.80s': keys are 1-%d of A-Z a-z 0-9 _ . : - "
+                "without empty segments\n",
+                sub, want == -1 || strcmp(sub, "clear") == 0 ? "prefix" : "key", arg,
+                BTL_STATE_KEY_MAX);
+        return 2;
+    }
+    int64_t ttl_ms = 0;
+    if (want == 4) {
+        json_error_t jerr;
+        json_t *j = json_loads(p->pos[3], JSON_DECODE_ANY, &jerr);
+        if (j == NULL) {
+            fprintf(stderr, "btl state set: value is not valid JSON: %s (column %d)\n", jerr.text,
+                    jerr.column);
+            return 2;
+        }
+        json_decref(j);
+        if (strlen(p->pos[3]) > BTL_STATE_VALUE_MAX) {
+            fprintf(stderr, "btl state set: value larger than %d bytes\n", BTL_STATE_VALUE_MAX);
+            return 2;
+        }
+        if (p->ttl && (btl_parse_duration_ms(p->ttl, &ttl_ms) != 0 || ttl_ms <= 0 ||
+                       ttl_ms > BTL_STATE_TTL_MAX_MS)) {
+            fprintf(stderr, "btl state set: --ttl '%s' is not a duration like 90s, 15m, 2h, 7d\n",
+                    p->ttl);
+            return 2;
+        }
+    }
+    btl_db *db = NULL;
+    if (dbcli_open(p, &db) != 0)
+        return 1;
+    int rc = state_run(p, db, sub, ttl_ms);
+    btl_db_close(db);
+    return rc;
+}
+
+static int cmd_posts_state(int argc, char **argv, bool *handled)
+{
+    dbcli p;
+    dbcli_parse(argc, argv, &p);
+    *handled = p.npos > 0 && (strcmp(p.pos[0], "posts") == 0 || strcmp(p.pos[0], "state") == 0);
+    if (!*handled)
+        return 0;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            dbcli_usage(stdout);
+            return 0;
+        }
+    }
+    if (p.bad[0]) {
+        fprintf(stderr, "btl %s: %s\n", p.pos[0], p.bad);
+        return 2;
+    }
+    return strcmp(p.pos[0], "posts") == 0 ? cmd_posts(&p) : cmd_state(&p);
+}
+
 int main(int argc, char **argv)
 {
+    bool handled = false;
+    int prc = cmd_posts_state(argc, argv, &handled);
+    if (handled)
+        return prc;
     cli c;
     int rc = parse(argc, argv, &c);
     if (rc != 0)
@@ -364,7 +732,7 @@ int main(int argc, char **argv)
         return cmd_validate(&c);
     if (strcmp(cmd, "migrate") == 0)
         return cmd_migrate(&c);
-    if (strcmp(cmd, "posts") == 0 || strcmp(cmd, "state") == 0 || strcmp(cmd, "token") == 0) {
+    if (strcmp(cmd, "token") == 0) {
         fprintf(stderr,
                 "btl %s: not available in this build yet (content pipeline / REST API "
                 "are not implemented)\n",

@@ -86,6 +86,16 @@ typedef struct btl_llm_cfg {
     btl_budget_cfg budget;
 } btl_llm_cfg;
 
+/* bot.db_update: a table the db.update bot command may write, and the
+ * columns it may name (in SET and in WHERE). */
+typedef struct btl_bot_table_cfg {
+    const char *table;    /* SQL identifier [A-Za-z_][A-Za-z0-9_]{0,62} */
+    const char **columns; /* n_columns identifiers, at least one */
+    size_t n_columns;
+} btl_bot_table_cfg;
+
+#define BTL_CONFIG_MAX_BOT_TABLES 64
+
 typedef struct btl_config {
     const char *path; /* file it was loaded from */
     struct {
@@ -143,6 +153,12 @@ typedef struct btl_config {
             const char *path;
         } file;
     } platforms;
+    struct {
+        /* `bot: { db_update: { TABLE: [COL, ...] } }`; empty (the default)
+         * refuses every db.update. */
+        btl_bot_table_cfg *db_update;
+        size_t n_db_update;
+    } bot;
     btl_task_cfg *tasks; /* n_tasks entries, in file order */
     size_t n_tasks;
     void *priv; /* allocator arena; do not touch */

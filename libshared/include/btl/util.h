@@ -33,6 +33,9 @@ void btl_sleep_ms(int64_t ms);
 /* ISO-8601 UTC "2026-01-01T09:00:00Z" (seconds) or with ".mmm" when ms != 0.
  * buf needs 32 bytes. */
 int btl_format_iso8601(int64_t unix_ms, char *buf, size_t n);
+/* Unix milliseconds as seconds text with 3 decimals ("1767258000.123"),
+ * as Postgres' to_timestamp($1::float8) takes it. buf needs 32 bytes. */
+int btl_format_epoch_s(int64_t unix_ms, char *buf, size_t n);
 /* Parses "YYYY-MM-DDTHH:MM[:SS[.fff]](Z|±HH:MM)"; a missing zone means UTC. */
 int btl_parse_iso8601(const char *s, int64_t *out_ms);
 
