@@ -5,6 +5,7 @@ set -euo pipefail
 pkgs=(build-essential cmake pkg-config libnng-dev nng-utils libmsgpack-dev libpq-dev
       libcurl4-openssl-dev libyaml-dev libmicrohttpd-dev libjansson-dev libjwt-dev
       libcmocka-dev postgresql postgresql-client tzdata curl procps iproute2 ca-certificates
+      prometheus docker-compose chromium nodejs
       "$@")
 missing=()
 for p in "${pkgs[@]}"; do
