@@ -137,6 +137,15 @@ int btl_llm_new(const btl_llm_cfg *cfg, btl_llm **out, char *err, size_t errlen)
             goto out;
         }
         const char *ev = cfg->api_key_env && cfg->api_key_env[0] ? getenv(cfg->api_key_env) : NULL;
+        for (const char *c = ev; c && *c; c++) {
+            /* The key goes into a header line: no way to smuggle in another. */
+            if ((unsigned char)*c < 0x20 || *c == 0x7f) {
+                set_err(err, errlen, "environment variable %s holds control characters",
+                        cfg->api_key_env);
+                rc = BTL_ECONFIG;
+                goto out;
+            }
+        }
         if (ev && ev[0] && (llm->api_key = strdup(ev)) == NULL) {
             rc = BTL_ENOMEM;
             goto out;
@@ -466,9 +475,17 @@ static char *build_body(const btl_llm *llm, const btl_llm_request *req, const ch
         return NULL;
     if (llm->kind == K_OPENAI) {
         json_t *msgs = json_array();
-        if (req->system && req->system[0])
+        /* OpenAI's JSON mode refuses (400) messages that never say "JSON". */
+        char *sys = NULL;
+        if (req->json &&
+            asprintf(&sys, "%s%sReply with one JSON object.", req->system ? req->system : "",
+                     req->system && req->system[0] ? "\n\n" : "") < 0)
+            sys = NULL;
+        const char *system = sys ? sys : req->system;
+        if (system && system[0])
             json_array_append_new(msgs,
-                                  json_pack("{s:s,s:s}", "role", "system", "content", req->system));
+                                  json_pack("{s:s,s:s}", "role", "system", "content", system));
+        free(sys);
         json_array_append_new(msgs, json_pack("{s:s,s:s}", "role", "user", "content", req->prompt));
         json_object_set_new(o, "model", json_string(model));
         json_object_set_new(o, "messages", msgs);

@@ -882,6 +882,8 @@ static int score_chunk(cjob *j, const int64_t *ids, const char *const *bodies, u
         rc = btl_llm_complete(llm, j->env->db, &req, &resp, err, sizeof err);
         if (rc == BTL_EAGAIN) {
             count_llm("rate_limited");
+            /* Snoozed until the reset, not failed: posts stay pending. */
+            j->oc->retry_after_ms = resp.retry_after_ms > 1000 ? resp.retry_after_ms : 1000;
             btl_snprintf(j->oc->error, sizeof j->oc->error,
                          "LLM rate limited or out of budget (retry in %" PRId64 " ms): %s",
                          resp.retry_after_ms, err);

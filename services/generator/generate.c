@@ -414,18 +414,16 @@ static void emit_generated(btl_worker_env *env, int64_t id, const char *text, co
         BTL_WARN("post.generated not delivered", "error", btl_strerror(rc));
 }
 
-/* Already written by an earlier delivery of this job? */
-static int already_done(btl_worker_env *env, const btl_job *job, const char *job_key, int64_t *id)
+/* Already written by an earlier delivery of this job? (posts_job_key_idx) */
+static int already_done(btl_worker_env *env, const char *job_key, int64_t *id)
 {
-    char rid[32];
-    btl_snprintf(rid, sizeof rid, "%lld", (long long)job->run_id);
-    const char *p[] = {job->task_id, rid, job_key};
+    const char *p[] = {job_key};
     PGresult *res = NULL;
     *id = 0;
     int rc = btl_db_query(env->db,
-                          "SELECT id FROM posts WHERE task_id = $1 AND run_id = $2::bigint "
-                          "AND metadata->>'job_key' = $3 LIMIT 1",
-                          3, p, &res);
+                          "SELECT id FROM posts WHERE metadata ? 'job_key' AND "
+                          "metadata->>'job_key' = $1 LIMIT 1",
+                          1, p, &res);
     if (rc == 0 && PQntuples(res) == 1)
         *id = btl_db_get_i64(res, 0, 0);
     PQclear(res);
@@ -437,7 +435,7 @@ static int map_run_error(gen_ctx *g, int rc, btl_worker_env *env, btl_job_outcom
     switch (rc) {
     case BTL_EAGAIN:
         count_fail(g, "llm_rate_limited");
-        break; /* the queue's backoff retries; err carries the hint */
+        break; /* snoozed until retry_after_ms (set by the caller) */
     case BTL_EPERM:
         oc->permanent = oc->unrecoverable = true;
         count_fail(g, "llm_unrecoverable");
@@ -558,7 +556,7 @@ static int write_post(gen_ctx *g, btl_worker_env *env, const btl_job *job, const
                       "INSERT INTO posts (content_hash, body, narrative, angle, status, task_id, "
                       "run_id, metadata) VALUES (encode(sha256(convert_to($1, 'UTF8')), 'hex'), "
                       "$2, $3, NULLIF($4, ''), 'pending', $5, $6::bigint, $7::jsonb) "
-                      "ON CONFLICT (content_hash) DO NOTHING RETURNING id",
+                      "ON CONFLICT DO NOTHING RETURNING id", /* same text or same job */
                       7, p, &res);
     if (rc != 0) {
         btl_snprintf(oc->error, sizeof oc->error, "storing the post: %s",
@@ -569,7 +567,8 @@ static int write_post(gen_ctx *g, btl_worker_env *env, const btl_job *job, const
     if (PQntuples(res) == 0) {
         btl_metric_inc(g->m_dups, (const char *const[]){narrative}, 1);
         btl_snprintf(oc->error, sizeof oc->error,
-                     "narrative %s: exact duplicate of an earlier post", narrative);
+                     "narrative %s: duplicate (the same text, or this job's post, is stored)",
+                     narrative);
         oc->skipped = true;
         BTL_INFO("duplicate post skipped", "narrative", narrative);
         goto out;
@@ -608,10 +607,15 @@ static int generate_post(gen_ctx *g, btl_worker_env *env, const btl_job *job,
     json_int_t iv = jit ? json_integer_value(jit) : 0;
     int iteration = iv < 0 || iv > 1000000 ? 0 : (int)iv;
     char job_key[256];
-    btl_snprintf(job_key, sizeof job_key, "run:%lld:%s:%d", (long long)job->run_id, narrative,
-                 iteration);
+    /* Unique across all posts: by run, or by job when there is no run. */
+    if (job->run_id > 0)
+        btl_snprintf(job_key, sizeof job_key, "run:%lld:%s:%d", (long long)job->run_id, narrative,
+                     iteration);
+    else
+        btl_snprintf(job_key, sizeof job_key, "job:%lld:%s:%d", (long long)job->id, narrative,
+                     iteration);
     int64_t prev = 0;
-    int rc = already_done(env, job, job_key, &prev);
+    int rc = already_done(env, job_key, &prev);
     if (rc != 0) {
         btl_snprintf(oc->error, sizeof oc->error, "checking for an earlier delivery: %s",
                      btl_db_last_error(env->db));
@@ -660,6 +664,8 @@ static int generate_post(gen_ctx *g, btl_worker_env *env, const btl_job *job,
     rc = btl_narrative_run(gf->f, idx, &nc, &final, oc->error, sizeof oc->error);
     if (rc != 0) {
         btl_proto_utf8_sanitize(oc->error);
+        if (rc == BTL_EAGAIN) /* wait for the reset without using an attempt */
+            oc->retry_after_ms = nc.retry_after_ms > 1000 ? nc.retry_after_ms : 1000;
         rc = map_run_error(g, rc, env, oc);
         goto out;
     }

@@ -220,12 +220,14 @@ if [ -x "$BTL_BUILD/fake_llm" ]; then
     untouched() { sql_eq "SELECT count(*) FROM posts WHERE id IN ($F_IDS) AND status = 'pending' AND scores IS NULL AND curated_at IS NULL AND claimed_by IS NULL" 2; }
     HTTP_X=$(free_port)
 
-    # 429 on every call: rate limited → the job fails (retryable).
+    # 429 on every call: rate limited → the job is snoozed until the reset
+    # (queued again, no attempt used), the run is not a failure.
     make_config "$(fake_llm_cfg fake_rate --fail-first 1000000 --fail-status 429 --fail-kind rate --retry-after 1)" "$T/rate.yaml"
     start cur-rate btl-curator --config "$T/rate.yaml" --http "127.0.0.1:$HTTP_X" --instance cur-rate
     check "trigger cur_keep (rate limited)" trigger cur_keep
-    check "rate limited: the run fails" wait_for "rate failure" 30 sql_ge "SELECT count(*) FROM executions WHERE task_id = 'cur_keep' AND NOT success" 1
-    log "rate-limited error: $(sql "SELECT error_message FROM executions WHERE task_id = 'cur_keep' AND NOT success LIMIT 1")"
+    check "rate limited: the job is snoozed, its attempt kept" wait_for "rate snooze" 30 sql_ge "SELECT count(*) FROM jobs WHERE task_id = 'cur_keep' AND status = 'queued' AND attempts = 0 AND run_after > now() - interval '5 seconds' AND last_error LIKE '%rate limited%'" 1
+    check "rate limited: the run counts it as skipped, not failed" wait_for "rate skipped" 30 sql_ge "SELECT count(*) FROM executions WHERE task_id = 'cur_keep' AND success AND items_skipped >= 1" 1
+    log "rate-limited reason: $(sql "SELECT last_error FROM jobs WHERE task_id = 'cur_keep' AND last_error IS NOT NULL LIMIT 1")"
     check "rate limited: posts untouched and unclaimed" untouched
     check "rate limited: task not paused" sql_eq "SELECT is_paused FROM tasks WHERE task_id = 'cur_keep'" f
     stop_wait cur-rate

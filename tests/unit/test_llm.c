@@ -226,8 +226,9 @@ static void test_openai_request_shape(void **state)
     assert_int_equal(json_array_size(msgs), 2);
     assert_string_equal(json_string_value(json_object_get(json_array_get(msgs, 0), "role")),
                         "system");
+    /* JSON mode: the system message also asks for JSON (OpenAI requires it). */
     assert_string_equal(json_string_value(json_object_get(json_array_get(msgs, 0), "content")),
-                        "be brief");
+                        "be brief\n\nReply with one JSON object.");
     assert_string_equal(json_string_value(json_object_get(json_array_get(msgs, 1), "role")),
                         "user");
     assert_string_equal(json_string_value(json_object_get(json_array_get(msgs, 1), "content")),
