@@ -1317,6 +1317,8 @@ out:
 
 /* ---- event hook ---------------------------------------------------------- */
 
+#define CURATE_EVENT_DELAY_MS 3000
+
 void curate_on_event(void *ud, btl_db *db, const btl_config *cfg, const btl_msg *msg)
 {
     (void)ud;
@@ -1352,6 +1354,11 @@ void curate_on_event(void *ud, btl_db *db, const btl_config *cfg, const btl_msg 
                              .task_id = t->name,
                              .payload_json = pj.data,
                              .max_attempts = t->execution.max_retries + 1,
+                             /* A generation run emits a burst of events: the
+                              * first job runs after the burst and decides
+                              * (select_top) over all of it; later ones find
+                              * the posts taken. */
+                             .delay_ms = CURATE_EVENT_DELAY_MS,
                              .unique_key = key};
         int64_t id = 0;
         int rc = btl_jobs_enqueue(db, &spec, &id);
