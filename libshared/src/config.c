@@ -1422,8 +1422,8 @@ static int check_top(struct walk *w)
                      "database.url: is empty");
     if (strcmp(kind, "offline") != 0 && c->providers.llm.model[0] == '\0')
         return wfail(w, llm, "providers.llm: kind %s needs 'model'", kind);
-    if (strcmp(kind, "openai") == 0 && c->providers.llm.base_url[0] == '\0')
-        return wfail(w, llm, "providers.llm: kind openai needs 'base_url'");
+    /* An empty base_url means the provider's own default (openai: a local
+     * Ollama, gemini: Google), so a key never goes to the other one's URL. */
     const struct node *tasks = key_or(w->root, "tasks", NULL);
     for (size_t i = 0; i < c->n_tasks; i++) {
         const btl_task_cfg *t = &c->tasks[i];

@@ -50,6 +50,8 @@ struct req_state {
     bool oom;
     enum route route;
     btl_buf body;
+    const char *allow;    /* app's Allow header for a 405 (static), NULL = "GET, HEAD" */
+    const char *www_auth; /* app's WWW-Authenticate for a 401 (static) */
 };
 
 /* ---- request state ------------------------------------------------------- */
@@ -119,7 +121,9 @@ static enum MHD_Result respond(btl_http *h, struct MHD_Connection *c, struct req
     MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
     MHD_add_response_header(r, "X-Content-Type-Options", "nosniff");
     if (status == MHD_HTTP_METHOD_NOT_ALLOWED)
-        MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, "GET, HEAD");
+        MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, st->allow ? st->allow : "GET, HEAD");
+    if (status == MHD_HTTP_UNAUTHORIZED && st->www_auth)
+        MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, st->www_auth);
     if (close_conn)
         MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
     enum MHD_Result res = MHD_queue_response(c, (unsigned)status, r);
@@ -239,6 +243,8 @@ static enum MHD_Result serve_app(btl_http *h, struct MHD_Connection *c, struct r
         return respond_status(h, c, st, MHD_HTTP_INTERNAL_SERVER_ERROR, "error", btl_strerror(rc),
                               route, false);
     }
+    st->allow = resp.allow;
+    st->www_auth = resp.www_authenticate;
     int status = resp.status;
     if (status < 100 || status > 599)
         status = MHD_HTTP_INTERNAL_SERVER_ERROR;

@@ -35,8 +35,28 @@ struct btl_llm {
     /* Per-attempt capture from the curl callbacks. */
     btl_buf body;
     bool body_overflow;
-    int64_t hdr_retry_after_ms; /* -1 = none */
+    int64_t hdr_retry_after_ms;  /* -1 = none */
+    volatile sig_atomic_t *stop; /* non-zero: abort the transfer, do not wait */
 };
+
+void btl_llm_set_stop(btl_llm *llm, volatile sig_atomic_t *stop)
+{
+    if (llm)
+        llm->stop = stop;
+}
+
+/* curl progress callback: a stopping service must not sit in a 60 s call. */
+static int on_progress(void *ud, curl_off_t dt, curl_off_t dn, curl_off_t ut, curl_off_t un)
+{
+    (void)dt, (void)dn, (void)ut, (void)un;
+    btl_llm *llm = ud;
+    return llm->stop && *llm->stop ? 1 : 0;
+}
+
+static bool stopping(const btl_llm *llm)
+{
+    return llm->stop && *llm->stop;
+}
 
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
 static int curl_init_rc;
@@ -425,6 +445,9 @@ static int http_post(btl_llm *llm, const char *url, struct curl_slist *hdrs, con
     curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, (long)(timeout_ms < 10000 ? timeout_ms : 10000));
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);
+    curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, on_progress);
+    curl_easy_setopt(c, CURLOPT_XFERINFODATA, llm);
+    curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
 #if LIBCURL_VERSION_NUM >= 0x075500
     curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
 #endif
@@ -432,6 +455,10 @@ static int http_post(btl_llm *llm, const char *url, struct curl_slist *hdrs, con
     if (llm->body_overflow) {
         set_err(err, errlen, "reply body exceeds %zu bytes", (size_t)BTL_LLM_MAX_BODY);
         return BTL_ETOOBIG;
+    }
+    if (cc == CURLE_ABORTED_BY_CALLBACK) {
+        set_err(err, errlen, "interrupted by shutdown");
+        return BTL_ECLOSED;
     }
     if (cc == CURLE_OPERATION_TIMEDOUT) {
         set_err(err, errlen, "request timed out after %" PRId64 " ms", timeout_ms);
@@ -880,7 +907,14 @@ int btl_llm_complete(btl_llm *llm, btl_db *db, const btl_llm_request *req, btl_l
             }
             goto out;
         }
-        btl_sleep_ms(wait);
+        /* Wait in slices so a stop request is seen within 100 ms. */
+        for (int64_t end = btl_mono_ms() + wait; btl_mono_ms() < end && !stopping(llm);)
+            btl_sleep_ms(end - btl_mono_ms() < 100 ? end - btl_mono_ms() : 100);
+        if (stopping(llm)) {
+            set_err(err, errlen, "interrupted by shutdown: %s", last);
+            rc = BTL_ECLOSED;
+            goto out;
+        }
     }
 out:
     if (rc != 0) {

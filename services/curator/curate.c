@@ -854,6 +854,7 @@ static int score_chunk(cjob *j, const int64_t *ids, const char *const *bodies, u
             (rc == BTL_ECONFIG || rc == BTL_EPERM || rc == BTL_EINVAL);
         goto out;
     }
+    btl_llm_set_stop(llm, j->env->stop); /* a stopping worker aborts the call */
     if ((rc = curate_build_prompt(&prompt, ids, bodies, n)) != 0) {
         btl_snprintf(j->oc->error, sizeof j->oc->error, "scoring prompt: %s", btl_strerror(rc));
         goto out;

@@ -653,6 +653,7 @@ static int generate_post(gen_ctx *g, btl_worker_env *env, const btl_job *job,
         count_fail(g, "llm_config");
         goto out;
     }
+    btl_llm_set_stop(llm, env->stop); /* a stopping worker aborts the call */
     cmd_env ce = {.env = env};
     nc.llm = llm;
     nc.db = env->db;

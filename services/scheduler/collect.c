@@ -4,6 +4,8 @@
  * frames are counted and dropped; nothing a peer sends can stop this loop. */
 #include "scheduler.h"
 
+#include "alerts.h"
+
 #include "btl/err.h"
 #include "btl/log.h"
 #include "btl/proto.h"
@@ -41,6 +43,8 @@ int sched_record_result(scheduler *s, btl_db *db, const btl_exec_result *r)
     PGresult *res = NULL;
     int rc;
     bool in_tx = false;
+    const char *alert_kind = NULL; /* raised once the transaction committed */
+    char alert_text[ALERTS_TEXT_MAX + 1] = "";
     char run_s[32], st_s[32], fin_s[32], ok_n[32], fail_n[32], skip_n[32];
     btl_snprintf(run_s, sizeof run_s, "%lld", (long long)r->run_id);
     btl_format_epoch_s(r->started_ts, st_s, sizeof st_s);
@@ -112,8 +116,11 @@ int sched_record_result(scheduler *s, btl_db *db, const btl_exec_result *r)
                               "ELSE paused_reason END, trial_run_id = CASE WHEN $2::bool THEN "
                               "NULL ELSE trial_run_id END WHERE task_id = $1",
                               2, p, NULL);
-            if (is_trial)
+            if (is_trial) {
                 BTL_INFO("circuit closed after a successful trial", "task", r->task);
+                alert_kind = ALERT_CIRCUIT_CLOSED;
+                btl_strlcpy(alert_text, "trial run succeeded", sizeof alert_text);
+            }
         } else {
             char reason[1400];
             const char *state = circuit;
@@ -123,6 +130,7 @@ int sched_record_result(scheduler *s, btl_db *db, const btl_exec_result *r)
                 pause = true;
                 btl_snprintf(reason, sizeof reason, "stopped on unrecoverable error: %.1200s",
                              r->error + strlen(BTL_UNRECOVERABLE_PREFIX));
+                alert_kind = ALERT_TASK_PAUSED;
             } else if (is_trial || (strcmp(circuit, "closed") == 0 && failures >= max_fail)) {
                 pause = true;
                 state = "open";
@@ -131,7 +139,11 @@ int sched_record_result(scheduler *s, btl_db *db, const btl_exec_result *r)
                              (long long)failures, r->has_error ? r->error : "failed");
                 btl_metric_inc(s->m_trips, lv, 1);
                 BTL_WARN("circuit breaker tripped", "task", r->task, "reason", reason);
+                /* A failed half-open trial only re-opens: alert on the first trip. */
+                alert_kind = is_trial ? NULL : ALERT_CIRCUIT_OPEN;
             }
+            if (alert_kind)
+                btl_strlcpy(alert_text, reason, sizeof alert_text);
             char fail_s[32];
             btl_snprintf(fail_s, sizeof fail_s, "%lld", (long long)failures);
             const char *p[] = {r->task, fail_s, r->has_error ? r->error : "failed", state,
@@ -159,6 +171,8 @@ int sched_record_result(scheduler *s, btl_db *db, const btl_exec_result *r)
     if ((rc = btl_db_commit(db)) != 0)
         goto out;
     in_tx = false;
+    if (alert_kind)
+        sched_alert(s, alert_kind, r->task, alert_text);
     {
         const char *lv[] = {r->task, r->ok ? "success" : "failure"};
         btl_metric_inc(s->m_exec, lv, 1);

@@ -4,6 +4,8 @@
  * retention). */
 #include "scheduler.h"
 
+#include "alerts.h"
+
 #include "btl/err.h"
 #include "btl/jobs.h"
 #include "btl/log.h"
@@ -432,7 +434,7 @@ static int load_row(btl_db *db, const char *name, task_row *row)
  * restart). Once its jobs are all finished and circuit_reset has passed
  * since it fired, decide from the jobs themselves: all done closes the
  * circuit, anything else opens it again. */
-static void settle_stale_trial(btl_db *db, const char *task, int64_t reset_ms)
+static void settle_stale_trial(scheduler *s, btl_db *db, const char *task, int64_t reset_ms)
 {
     char reset_s[32];
     btl_snprintf(reset_s, sizeof reset_s, "%lld", (long long)reset_ms);
@@ -455,9 +457,14 @@ static void settle_stale_trial(btl_db *db, const char *task, int64_t reset_ms)
             "WHERE task_id = $1 AND circuit_state = 'half_open' AND EXISTS (SELECT 1 FROM trial) "
             "AND j.pending = 0 RETURNING circuit_state",
             2, p, &res) == 0 &&
-        PQntuples(res) == 1)
+        PQntuples(res) == 1) {
         BTL_WARN("trial result never arrived: decided from its jobs", "task", task, "circuit",
                  PQgetvalue(res, 0, 0));
+        /* Re-opening after a trial stays quiet, like a failed trial result. */
+        if (strcmp(PQgetvalue(res, 0, 0), "closed") == 0)
+            sched_alert(s, ALERT_CIRCUIT_CLOSED, task,
+                        "trial run's jobs all succeeded (its result was lost)");
+    }
     PQclear(res);
 }
 
@@ -488,7 +495,7 @@ static void fire_due(scheduler *s, btl_db *db, const sched_conf *c)
         if (!tc->enabled || load_row(db, tc->name, &row) != 0 || !row.found)
             continue;
         if (strcmp(row.circuit, "half_open") == 0) {
-            settle_stale_trial(db, tc->name, cfg->scheduler.circuit_reset_ms);
+            settle_stale_trial(s, db, tc->name, cfg->scheduler.circuit_reset_ms);
             continue;
         }
         if (strcmp(row.circuit, "open") == 0 && row.circuit_paused &&
@@ -569,6 +576,23 @@ static void update_task_gauges(scheduler *s, btl_db *db)
         btl_metric_set(s->m_last_success, lv, strtod(PQgetvalue(res, i, 3), NULL));
     }
     PQclear(res);
+    /* Pipeline counts by post status; every status is set, so a count that
+     * drops to zero shows as zero. */
+    static const char *const post_status[] = {"pending", "approved", "rejected", "posting",
+                                              "posted",  "failed",   "unknown"};
+    if (btl_db_query(db, "SELECT status, count(*) FROM posts GROUP BY status", 0, NULL, &res) ==
+        0) {
+        for (size_t k = 0; k < BTL_ARRAY_LEN(post_status); k++) {
+            double v = 0;
+            for (int i = 0; i < PQntuples(res); i++)
+                if (strcmp(PQgetvalue(res, i, 0), post_status[k]) == 0)
+                    v = (double)btl_db_get_i64(res, i, 1);
+            const char *lv[] = {post_status[k]};
+            btl_metric_set(s->m_posts, lv, v);
+        }
+        PQclear(res);
+        res = NULL;
+    }
     /* Only the open work, through the partial indexes: finished jobs are
      * kept for days and must not be scanned every refresh. A series that
      * drops to zero is set to zero, not left stale. */
@@ -613,9 +637,22 @@ static void maintenance(scheduler *s, btl_db *db, const btl_config *cfg, int64_t
         BTL_WARN("rescued jobs whose lease expired", "count", btl_log_i64((char[32]){0}, n));
     /* A post whose posting lease ran out has an unknown outcome: never
      * re-post blindly, leave it to an operator (DESIGN §5). */
-    btl_db_exec(db, "UPDATE posts SET status = 'unknown', last_error = coalesce(last_error, "
-                    "'posting lease expired with unknown outcome') "
-                    "WHERE status = 'posting' AND lease_until < now()");
+    PGresult *res = NULL;
+    if (btl_db_query(db,
+                     "UPDATE posts SET status = 'unknown', last_error = coalesce(last_error, "
+                     "'posting lease expired with unknown outcome') "
+                     "WHERE status = 'posting' AND lease_until < now() "
+                     "RETURNING id, coalesce(platform, ''), last_error",
+                     0, NULL, &res) == 0)
+        for (int i = 0; i < PQntuples(res); i++) {
+            char text[ALERTS_TEXT_MAX];
+            btl_snprintf(text, sizeof text,
+                         "post %s (platform %.64s) may or may not have been published: %.600s. "
+                         "Check the platform before acting on it (btl posts --status unknown).",
+                         PQgetvalue(res, i, 0), PQgetvalue(res, i, 1), PQgetvalue(res, i, 2));
+            sched_alert(s, ALERT_POST_UNKNOWN, NULL, text);
+        }
+    PQclear(res);
     int64_t now = btl_mono_ms();
     if (*last_retention == 0 || now - *last_retention > 10 * 60 * 1000) {
         *last_retention = now;

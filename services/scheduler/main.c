@@ -3,6 +3,10 @@
  * the main thread watches signals and reloads. */
 #include "scheduler.h"
 
+#include "api.h"
+
+#include "alerts.h"
+
 #include "btl/err.h"
 #include "btl/http.h"
 #include "btl/log.h"
@@ -57,6 +61,7 @@ static void register_metrics(scheduler *s)
     s->m_leader = btl_metrics_gauge(m, "scheduler_is_leader", "1 on the leading scheduler", NULL);
     s->m_jobs = btl_metrics_gauge(m, "jobs", "Open jobs by queue, kind and status",
                                   (const char *[]){"queue", "kind", "status", NULL});
+    s->m_posts = btl_metrics_gauge(m, "posts", "Posts by status", (const char *[]){"status", NULL});
     s->m_control =
         btl_metrics_counter(m, "control_requests_total", "Control socket requests by command",
                             (const char *[]){"cmd", NULL});
@@ -135,11 +140,18 @@ int main(int argc, char **argv)
         BTL_ERROR("configuration rejected", "error", err);
         goto out;
     }
+    if ((r = sched_alerts_start(&s)) != 0)
+        BTL_WARN("webhook alerts unavailable", "error", btl_strerror(r));
     const btl_config *cfg = s.conf->cfg;
     btl_http_opts hopts = {.listen = args.http ? args.http : cfg->http.listen,
                            .metrics = s.metrics,
                            .ready = ready_cb,
-                           .ready_ud = &s};
+                           .ready_ud = &s,
+                           .handler = sched_api_handler,
+                           .handler_ud = &s,
+                           .max_body = SCHED_API_MAX_BODY};
+    if (cfg->api.jwt_secret[0] == '\0')
+        BTL_WARN("api.jwt_secret is empty: every POST is refused (401)");
     if ((r = btl_http_start(&hopts, &http)) != 0) {
         BTL_ERROR("cannot start http server", "listen", hopts.listen, "error", btl_strerror(r));
         goto out;
@@ -194,7 +206,9 @@ out:
         pthread_join(control_t, NULL);
     if (started > 2)
         pthread_join(leader_t, NULL);
+    sched_alerts_stop(); /* after every thread that raises alerts */
     btl_http_stop(http);
+    sched_api_close();
     btl_bus_close(&s.pub);
     btl_bus_close(&s.pull);
     btl_bus_close(&s.rep);

@@ -47,7 +47,7 @@ typedef struct scheduler {
     volatile sig_atomic_t *stop;
     btl_metrics *metrics;
     btl_metric *m_fired, *m_exec, *m_exec_dur, *m_trips, *m_paused, *m_failures, *m_last_success,
-        *m_frames, *m_rejected, *m_leader, *m_jobs, *m_control;
+        *m_frames, *m_rejected, *m_leader, *m_jobs, *m_control, *m_posts;
 } scheduler;
 
 int sched_conf_load(const char *path, sched_conf **out, char *err, size_t errlen);

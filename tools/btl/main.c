@@ -12,6 +12,7 @@
 #include "btl/util.h"
 
 #include <jansson.h>
+#include <jwt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -504,13 +505,14 @@ static int posts_decide(const dbcli *p, btl_db *db, bool approve)
      * poster cannot slip in between a check and the write. */
     int q = approve ? btl_db_query(db,
                                    "UPDATE posts SET status = 'approved', curated_at = now(), "
-                                   "updated_at = now() WHERE id = $1::bigint AND status = "
-                                   "'pending' RETURNING " POST_TIME("curated_at"),
+                                   "updated_at = now(), claimed_by = NULL, lease_until = NULL, "
+                                   "not_before = NULL WHERE id = $1::bigint AND status IN "
+                                   "('pending', 'unknown') RETURNING " POST_TIME("curated_at"),
                                    1, params, &r)
                     : btl_db_query(db,
                                    "UPDATE posts SET status = 'rejected', reject_reason = $2, "
                                    "curated_at = now(), updated_at = now() WHERE id = $1::bigint "
-                                   "AND status IN ('pending', 'approved') RETURNING "
+                                   "AND status IN ('pending', 'approved', 'unknown') RETURNING "
                                    "reject_reason",
                                    2, params, &r);
     if (q != 0) {
@@ -710,11 +712,103 @@ static int cmd_posts_state(int argc, char **argv, bool *handled)
     return strcmp(p.pos[0], "posts") == 0 ? cmd_posts(&p) : cmd_state(&p);
 }
 
+/* ---- btl token --------------------------------------------------------- */
+
+/* `btl token --role R --ttl D [--sub NAME]`: an HS256 JWT for the REST API,
+ * signed with the configured api.jwt_secret, printed on stdout. Its own
+ * parser: the shared one rejects --role/--ttl/--sub. *handled tells main
+ * whether this was a token command at all. */
+static int cmd_token(int argc, char **argv, bool *handled)
+{
+    const char *config = NULL, *role = NULL, *ttl = NULL, *sub = "btl-token", *bad = NULL;
+    const char *first = NULL;
+    int npos = 0;
+    bool help = false;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char **val = strcmp(a, "--config") == 0 || strcmp(a, "-c") == 0 ? &config
+                           : strcmp(a, "--role") == 0                         ? &role
+                           : strcmp(a, "--ttl") == 0                          ? &ttl
+                           : strcmp(a, "--sub") == 0                          ? &sub
+                                                                              : NULL;
+        if (val != NULL && i + 1 < argc)
+            *val = argv[++i];
+        else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0)
+            help = true;
+        else if (a[0] == '-' && a[1] != '\0')
+            bad = bad ? bad : a;
+        else if (npos++ == 0)
+            first = a;
+    }
+    *handled = first != NULL && strcmp(first, "token") == 0;
+    if (!*handled)
+        return 0;
+    static const char usage_s[] =
+        "usage: btl token --role admin|operator|readonly --ttl DURATION [--sub NAME] "
+        "[--config FILE]\n"
+        "  prints an HS256 JWT for the REST API signed with api.jwt_secret (DURATION: 90s, "
+        "15m, 2h, 7d; at most 365d)\n";
+    if (help) {
+        fputs(usage_s, stdout);
+        return 0;
+    }
+    if (bad) {
+        fprintf(stderr, "btl token: unknown or incomplete option '%s'\n%s", bad, usage_s);
+        return 2;
+    }
+    int64_t ttl_ms = 0;
+    bool role_ok = role && (strcmp(role, "admin") == 0 || strcmp(role, "operator") == 0 ||
+                            strcmp(role, "readonly") == 0);
+    bool ttl_ok = ttl && btl_parse_duration_ms(ttl, &ttl_ms) == 0 && ttl_ms >= 1000 &&
+                  ttl_ms <= 365LL * 86400 * 1000;
+    bool sub_ok = sub[0] != '\0' && strlen(sub) <= 128;
+    if (npos != 1 || !role_ok || !ttl_ok || !sub_ok) {
+        fprintf(stderr, "btl token: %s\n%s",
+                npos != 1  ? "unexpected argument"
+                : !role_ok ? "--role must be admin, operator or readonly"
+                : !ttl_ok  ? "--ttl must be a duration from 1s to 365d (e.g. 1h)"
+                           : "--sub must be 1..128 bytes",
+                usage_s);
+        return 2;
+    }
+    cli c = {.config = config};
+    btl_config *cfg = NULL;
+    jwt_t *jwt = NULL;
+    char *tok = NULL;
+    int rc = 1;
+    if (load_config(&c, NULL, &cfg) != 0)
+        goto out;
+    const char *secret = cfg->api.jwt_secret ? cfg->api.jwt_secret : "";
+    if (secret[0] == '\0') {
+        fprintf(stderr, "btl token: api.jwt_secret is empty (set BTL_JWT_SECRET): there is no "
+                        "default secret, so no token can be minted\n");
+        goto out;
+    }
+    int64_t now_s = btl_now_ms() / 1000;
+    if (jwt_new(&jwt) != 0 || jwt_add_grant(jwt, "sub", sub) != 0 ||
+        jwt_add_grant(jwt, "role", role) != 0 || jwt_add_grant_int(jwt, "iat", (long)now_s) != 0 ||
+        jwt_add_grant_int(jwt, "exp", (long)(now_s + ttl_ms / 1000)) != 0 ||
+        jwt_set_alg(jwt, JWT_ALG_HS256, (const unsigned char *)secret, (int)strlen(secret)) != 0 ||
+        (tok = jwt_encode_str(jwt)) == NULL) {
+        fprintf(stderr, "btl token: cannot encode the token\n");
+        goto out;
+    }
+    printf("%s\n", tok);
+    rc = 0;
+out:
+    free(tok);
+    jwt_free(jwt);
+    btl_config_free(cfg);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     bool handled = false;
     int prc = cmd_posts_state(argc, argv, &handled);
     if (handled)
+        return prc;
+    if ((prc = cmd_token(argc, argv, &handled)), handled)
         return prc;
     cli c;
     int rc = parse(argc, argv, &c);
@@ -732,13 +826,6 @@ int main(int argc, char **argv)
         return cmd_validate(&c);
     if (strcmp(cmd, "migrate") == 0)
         return cmd_migrate(&c);
-    if (strcmp(cmd, "token") == 0) {
-        fprintf(stderr,
-                "btl %s: not available in this build yet (content pipeline / REST API "
-                "are not implemented)\n",
-                cmd);
-        return 1;
-    }
     fprintf(stderr, "btl: unknown command '%s'\n", cmd);
     usage(stderr);
     return 2;

@@ -54,12 +54,14 @@ const char *btl_http_header(const btl_http_req *r, const char *name);
 const char *btl_http_query_arg(const btl_http_req *r, const char *name);
 
 typedef struct btl_http_resp {
-    int status;               /* preset to 200; outside 100..599 becomes 500 */
-    const char *content_type; /* static or outliving the call; NULL = application/json */
-    btl_buf body;             /* initialised by the server (limit BTL_HTTP_MAX_RESP); the
-                                 server frees it */
-    const char *route;        /* static route pattern for the metrics label, e.g.
-                                 "/api/v1/tasks/{id}"; NULL = "app". Never the raw path. */
+    int status;                   /* preset to 200; outside 100..599 becomes 500 */
+    const char *content_type;     /* static or outliving the call; NULL = application/json */
+    btl_buf body;                 /* initialised by the server (limit BTL_HTTP_MAX_RESP); the
+                                     server frees it */
+    const char *route;            /* static route pattern for the metrics label, e.g.
+                                     "/api/v1/tasks/{id}"; NULL = "app". Never the raw path. */
+    const char *allow;            /* static; sent as Allow on a 405 (NULL = "GET, HEAD") */
+    const char *www_authenticate; /* static; sent as WWW-Authenticate on a 401 */
 } btl_http_resp;
 
 /* App handler, called from the single server thread, one request at a time

@@ -20,6 +20,7 @@
 #ifndef BTL_LLM_H
 #define BTL_LLM_H
 
+#include <signal.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -57,7 +58,10 @@ typedef struct btl_llm_response {
  * BTL_ECONFIG for an unknown kind or missing model/base_url. Caller frees
  * with btl_llm_free. */
 int btl_llm_new(const btl_llm_cfg *cfg, btl_llm **out, char *err, size_t errlen);
-void btl_llm_free(btl_llm *llm);                  /* NULL is ignored */
+void btl_llm_free(btl_llm *llm);
+/* Points the client at a stop flag (borrowed, may be NULL): while it is
+ * non-zero, transfers abort and retry waits end, with BTL_ECLOSED. */
+void btl_llm_set_stop(btl_llm *llm, volatile sig_atomic_t *stop); /* NULL is ignored */
 const char *btl_llm_provider(const btl_llm *llm); /* "openai" | "gemini" | "offline" */
 
 /* One completion. db (may be NULL: no budget, no accounting) is used for the
