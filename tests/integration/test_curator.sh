@@ -174,6 +174,10 @@ push_frame
 push_frame
 check "event: a new post id enqueues again" wait_for "second event job" 20 sql_eq "SELECT count(*) FROM jobs WHERE unique_key = 'event:cur_event:999999'" 1
 check "event: the same event twice is one job" sql_eq "SELECT count(*) FROM jobs WHERE unique_key = 'event:cur_event:$E'" 1
+# Event jobs start a few seconds late (to gather a burst): let them finish so
+# they cannot take posts meant for the sections below.
+check "event: event jobs finished" wait_for "event jobs done" 30 sql_eq "SELECT count(*) FROM jobs WHERE unique_key LIKE 'event:%' AND status IN ('queued', 'running')" 0
+check "event: the burst job ran late, after the delay" sql_eq "SELECT count(*) FROM jobs WHERE unique_key = 'event:cur_event:999999' AND run_after >= created_at + interval '2 seconds'" 1
 
 # ---- SCALE: 3 curators, 1,000 posts, fanout 6 ------------------------------------------
 HTTP_CUR_B=$(free_port); HTTP_CUR_C=$(free_port)
