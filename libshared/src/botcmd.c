@@ -687,6 +687,21 @@ static int cmd_discord_channel(btl_db *db, const btl_config *cfg, json_t *args, 
                      "%s: channel name '%s' must be 1-%d of A-Z a-z 0-9 _ : - (it becomes state "
                      "key discord.channels.<name>)",
                      cmd, show(name, b, sizeof b), DISCORD_MAX_NAME);
+    /* A retried narrative runs its acts again: a channel created before
+     * is reused (its id is in state), never created twice. */
+    char *known = NULL;
+    if (btl_state_get(db, key, &known) == 0) {
+        btl_buf o;
+        btl_buf_init(&o, 256);
+        rc = btl_buf_printf(&o, "{\"id\":%s,\"existing\":true}", known);
+        free(known);
+        if (rc != 0) {
+            btl_buf_free(&o);
+            return failf(err, errlen, rc, "%s: out of memory", cmd);
+        }
+        *out = btl_buf_steal(&o);
+        return 0;
+    }
     btl_snprintf(path, sizeof path, "/guilds/%s/channels", guild);
     body = json_pack("{s:s, s:i}", "name", name, "type", type);
     if (body == NULL || (text = dump(body)) == NULL) {

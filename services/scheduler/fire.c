@@ -668,6 +668,12 @@ static void maintenance(scheduler *s, btl_db *db, const btl_config *cfg, int64_t
                      "('queued', 'running'))",
                      1, p, NULL);
         btl_jobs_cleanup(db, cfg->scheduler.history_retention_ms, &n);
+        /* Budget windows only matter while open: a minute row for an hour,
+         * a day row for two days. Expired narrative state is dead weight. */
+        btl_db_exec(db, "DELETE FROM llm_usage WHERE (window_kind = 'minute' AND window_start < "
+                        "now() - interval '1 hour') OR (window_kind = 'day' AND window_start < "
+                        "now() - interval '2 days')");
+        btl_db_exec(db, "DELETE FROM narrative_state WHERE expires_at < now()");
     }
     if (*last_gauges == 0 || now - *last_gauges > 15000) {
         *last_gauges = now;

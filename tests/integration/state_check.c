@@ -604,6 +604,14 @@ static void test_discord(btl_db *db)
     pthread_mutex_unlock(&g_fake.mu);
     CHECK(get_eq(db, "discord.channels.news", "\"1300000000000000002\""),
           "created id captured into state");
+    /* A retried narrative creates nothing twice: the id comes from state. */
+    set_mode(FAKE_OK);
+    rc = run(db, g_cfg, "discord.channels.create", "{\"guild_id\":\"42\",\"name\":\"news\"}", &out,
+             err, sizeof err);
+    CHECK(rc == 0 && out && strstr(out, "\"1300000000000000002\"") && strstr(out, "existing"),
+          "second create reuses the channel: %s %s", err, out ? out : "");
+    CHECK(g_fake.requests == 0, "no request for an existing channel, got %d", g_fake.requests);
+    free(out);
 
     /* Refused before any request. */
     static const struct {
