@@ -2,6 +2,7 @@
  * two Discord REST calls. Arguments arrive as JSON from narrative files, so
  * every field is type-checked and bounded before it reaches SQL or HTTP. */
 #include "btl/botcmd.h"
+#include "btl/utf8.h"
 #include "btl/err.h"
 #include "btl/metrics.h"
 #include "btl/state.h"
@@ -451,13 +452,11 @@ static int arg_snowflake(json_t *args, const char *cmd, const char *name, char *
     return 0;
 }
 
+/* Code points of s; 0 when s is not valid UTF-8 (refused like empty). */
 static size_t utf8_codepoints(const char *s)
 {
     size_t n = 0;
-    for (; *s; s++)
-        if (((unsigned char)*s & 0xC0) != 0x80)
-            n++;
-    return n;
+    return btl_utf8_count(s, strlen(s), &n) == 0 ? n : 0;
 }
 
 /* Maps a Discord error reply to a BTL_E* and a reason. */

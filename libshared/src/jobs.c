@@ -2,6 +2,7 @@
 
 #include "btl/err.h"
 #include "btl/util.h"
+#include "btl/utf8.h"
 
 #include <inttypes.h>
 #include <stdlib.h>
@@ -335,7 +336,7 @@ int btl_jobs_snooze(btl_db *db, int64_t id, const char *worker, int64_t delay_ms
     if (db == NULL || id <= 0 || delay_ms < 0 || delay_ms > 30LL * 86400 * 1000 ||
         (rc = check_worker(worker)) != 0)
         return BTL_EINVAL;
-    btl_jobs_utf8_trunc(err, sizeof err, reason ? reason : "snoozed", sizeof err - 1);
+    btl_utf8_copy(err, sizeof err, reason ? reason : "snoozed", sizeof err - 1);
     btl_snprintf(id_s, sizeof id_s, "%" PRId64, id);
     btl_snprintf(delay_s, sizeof delay_s, "%" PRId64, delay_ms);
     const char *params[] = {id_s, worker, delay_s, err};
@@ -358,65 +359,6 @@ int btl_jobs_release(btl_db *db, const int64_t *ids, int n, const char *worker, 
                         "lease_until = NULL "
                         "WHERE id = ANY ($1::bigint[]) AND status = 'running' AND locked_by = $2",
                         ids, n, worker, NULL, n_released);
-}
-
-/* Length of the valid UTF-8 sequence at s (as PostgreSQL accepts it: no
- * overlongs, surrogates or code points past U+10FFFF), 0 if invalid. */
-static size_t utf8_seq(const unsigned char *s)
-{
-    unsigned char c = s[0];
-    if (c < 0x80)
-        return 1;
-    unsigned char lo = 0x80, hi = 0xBF;
-    size_t len;
-    if (c >= 0xC2 && c <= 0xDF) {
-        len = 2;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-        len = 3;
-        if (c == 0xE0)
-            lo = 0xA0;
-        else if (c == 0xED)
-            hi = 0x9F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        len = 4;
-        if (c == 0xF0)
-            lo = 0x90;
-        else if (c == 0xF4)
-            hi = 0x8F;
-    } else {
-        return 0;
-    }
-    if (s[1] < lo || s[1] > hi)
-        return 0;
-    for (size_t i = 2; i < len; i++) {
-        if (s[i] < 0x80 || s[i] > 0xBF)
-            return 0;
-    }
-    return len;
-}
-
-void btl_jobs_utf8_trunc(char *dst, size_t dstlen, const char *s, size_t max)
-{
-    if (dst == NULL || dstlen == 0)
-        return;
-    if (max > dstlen - 1)
-        max = dstlen - 1;
-    size_t o = 0;
-    const unsigned char *p = (const unsigned char *)(s ? s : "");
-    while (*p != '\0') {
-        size_t l = utf8_seq(p);
-        if (o + (l ? l : 1) > max)
-            break;
-        if (l == 0) {
-            dst[o++] = '?';
-            p++;
-        } else {
-            memcpy(dst + o, p, l);
-            o += l;
-            p += l;
-        }
-    }
-    dst[o] = '\0';
 }
 
 int btl_jobs_fail(btl_db *db, int64_t id, const char *worker, const char *error, bool permanent,
@@ -443,7 +385,7 @@ int btl_jobs_fail(btl_db *db, int64_t id, const char *worker, const char *error,
     if ((rc = check_worker(worker)) != 0)
         return rc;
     btl_snprintf(idbuf, sizeof idbuf, "%" PRId64, id);
-    btl_jobs_utf8_trunc(ebuf, sizeof ebuf, error, BTL_JOBS_ERROR_MAX);
+    btl_utf8_copy(ebuf, sizeof ebuf, error, BTL_JOBS_ERROR_MAX);
     const char *params[] = {idbuf, worker, error ? ebuf : NULL, permanent ? "true" : "false"};
     if ((rc = btl_db_query(db, sql, 4, params, &r)) != 0)
         return rc;

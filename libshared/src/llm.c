@@ -2,6 +2,7 @@
  * plus the offline provider (llm_offline.c). Retries, cluster-wide budgets
  * in llm_usage, token accounting and metrics live here. */
 #include "btl/llm.h"
+#include "btl/utf8.h"
 
 #include "btl/err.h"
 #include "btl/metrics.h"
@@ -486,9 +487,7 @@ static bool model_name_ok(const char *m)
 
 static bool utf8_ok(const char *s)
 {
-    json_t *j = json_string(s); /* jansson refuses invalid UTF-8 */
-    json_decref(j);
-    return j != NULL;
+    return s == NULL || btl_utf8_count(s, strlen(s), NULL) == 0;
 }
 
 /* NULL when a string is not valid UTF-8 (jansson would silently drop it)

@@ -1,4 +1,5 @@
 #include "btl/metrics.h"
+#include "btl/utf8.h"
 #include "btl/err.h"
 
 #include <inttypes.h>
@@ -83,69 +84,6 @@ static bool valid_label_name(const char *s)
             return false;
     }
     return true;
-}
-
-/* Length of the valid UTF-8 sequence at p (at most avail bytes), 0 if
- * invalid. Overlongs and surrogates are rejected so output stays valid. */
-static size_t utf8_len(const unsigned char *p, size_t avail)
-{
-    unsigned char c = p[0];
-    size_t n;
-    uint32_t cp;
-    if (c < 0x80)
-        return 1;
-    if (c >= 0xc2 && c <= 0xdf) {
-        n = 2;
-        cp = c & 0x1f;
-    } else if (c >= 0xe0 && c <= 0xef) {
-        n = 3;
-        cp = c & 0x0f;
-    } else if (c >= 0xf0 && c <= 0xf4) {
-        n = 4;
-        cp = c & 0x07;
-    } else {
-        return 0;
-    }
-    if (n > avail)
-        return 0;
-    for (size_t i = 1; i < n; i++) {
-        if ((p[i] & 0xc0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (p[i] & 0x3f);
-    }
-    if ((n == 3 && cp < 0x800) || (n == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
-        (cp >= 0xd800 && cp <= 0xdfff))
-        return 0;
-    return n;
-}
-
-/* Bounded, valid-UTF-8 copy of an untrusted label value into dst
- * (BTL_METRICS_MAX_VALUE + 1 bytes). */
-static void sanitize_value(const char *src, char *dst)
-{
-    size_t o = 0;
-    if (src == NULL)
-        src = "";
-    const unsigned char *p = (const unsigned char *)src;
-    size_t avail = strlen(src);
-    while (avail > 0) {
-        size_t n = utf8_len(p, avail);
-        if (n == 0) {
-            if (o + 1 > BTL_METRICS_MAX_VALUE)
-                break;
-            dst[o++] = '?';
-            p++;
-            avail--;
-            continue;
-        }
-        if (o + n > BTL_METRICS_MAX_VALUE)
-            break;
-        memcpy(dst + o, p, n);
-        o += n;
-        p += n;
-        avail -= n;
-    }
-    dst[o] = '\0';
 }
 
 static uint64_t hash_values(char vals[][BTL_METRICS_MAX_VALUE + 1], size_t n)
@@ -444,7 +382,9 @@ static struct series *series_get(btl_metric *f, const char *const *label_values,
 {
     char vals[BTL_METRICS_MAX_LABELS][BTL_METRICS_MAX_VALUE + 1];
     for (size_t i = 0; i < f->nlabels; i++)
-        sanitize_value(label_values ? label_values[i] : NULL, vals[i]);
+        /* Untrusted label values: bounded, valid UTF-8. */
+        btl_utf8_copy(vals[i], BTL_METRICS_MAX_VALUE + 1, label_values ? label_values[i] : NULL,
+                      BTL_METRICS_MAX_VALUE);
     uint64_t h = hash_values(vals, f->nlabels);
     size_t slot = (size_t)(h % HASH_HEADS);
     for (struct series *s = f->heads[slot]; s; s = s->next)

@@ -1,6 +1,7 @@
 /* Posting platforms: Discord bot, Discord webhook, Mastodon, file sink.
  * See btl/platform.h for the contract each return code carries. */
 #include "btl/platform.h"
+#include "btl/utf8.h"
 
 #include "btl/err.h"
 #include "btl/jobs.h"
@@ -42,48 +43,6 @@ struct btl_platform {
 };
 
 /* ---- pure helpers ------------------------------------------------------- */
-
-int btl_platform_utf8_count(const char *s, size_t len, size_t *count)
-{
-    const unsigned char *p = (const unsigned char *)s;
-    size_t i = 0, n = 0;
-    if (s == NULL || count == NULL)
-        return BTL_EINVAL;
-    while (i < len) {
-        unsigned c = p[i];
-        size_t need;
-        uint32_t cp, min;
-        if (c == 0)
-            return BTL_EINVAL;
-        if (c < 0x80) {
-            i++;
-            n++;
-            continue;
-        }
-        if ((c & 0xE0) == 0xC0) {
-            need = 1, cp = c & 0x1F, min = 0x80;
-        } else if ((c & 0xF0) == 0xE0) {
-            need = 2, cp = c & 0x0F, min = 0x800;
-        } else if ((c & 0xF8) == 0xF0) {
-            need = 3, cp = c & 0x07, min = 0x10000;
-        } else {
-            return BTL_EINVAL; /* continuation byte or 0xF8.. lead */
-        }
-        if (len - i <= need)
-            return BTL_EINVAL; /* truncated sequence */
-        for (size_t k = 1; k <= need; k++) {
-            if ((p[i + k] & 0xC0) != 0x80)
-                return BTL_EINVAL;
-            cp = (cp << 6) | (p[i + k] & 0x3F);
-        }
-        if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
-            return BTL_EINVAL;
-        i += need + 1;
-        n++;
-    }
-    *count = n;
-    return 0;
-}
 
 static bool key_char(char c)
 {
@@ -230,7 +189,7 @@ static int64_t parse_secs(const char *s)
  * spaces, at most max bytes. */
 static void clean_text(char *dst, size_t dstlen, const char *s, size_t max)
 {
-    btl_jobs_utf8_trunc(dst, dstlen, s, max);
+    btl_utf8_copy(dst, dstlen, s, max);
     for (char *p = dst; *p; p++)
         if ((unsigned char)*p < 0x20 || *p == 0x7f)
             *p = ' ';
@@ -903,7 +862,7 @@ int btl_platform_publish(btl_platform *p, const char *text, const char *idempote
         rc = BTL_EINVAL;
         goto out;
     }
-    if (btl_platform_utf8_count(text, len, &chars) != 0) {
+    if (btl_utf8_count(text, len, &chars) != 0) {
         btl_strlcpy(res->error, "text is not valid UTF-8", sizeof res->error);
         rc = BTL_EINVAL;
         goto out;

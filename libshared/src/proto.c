@@ -1,5 +1,6 @@
 /* Wire protocol codec: bus frames and control-socket requests/replies. */
 #include "btl/proto.h"
+#include "btl/utf8.h"
 
 #include "btl/err.h"
 #include "btl/util.h"
@@ -56,42 +57,10 @@ static bool in_set(const char *s, const char *const *set, size_t n)
     return false;
 }
 
-/* Strict UTF-8: no overlongs, no surrogates, nothing above U+10FFFF. */
+/* Valid UTF-8 without NUL bytes. */
 static bool utf8_ok(const unsigned char *s, size_t n)
 {
-    size_t i = 0;
-    while (i < n) {
-        unsigned char c = s[i];
-        size_t k;
-        uint32_t cp;
-        if (c < 0x80) {
-            i++;
-            continue;
-        } else if (c >= 0xc2 && c <= 0xdf) {
-            k = 1;
-            cp = c & 0x1f;
-        } else if (c >= 0xe0 && c <= 0xef) {
-            k = 2;
-            cp = c & 0x0f;
-        } else if (c >= 0xf0 && c <= 0xf4) {
-            k = 3;
-            cp = c & 0x07;
-        } else {
-            return false;
-        }
-        if (n - i - 1 < k)
-            return false;
-        for (size_t j = 1; j <= k; j++) {
-            if ((s[i + j] & 0xc0) != 0x80)
-                return false;
-            cp = (cp << 6) | (s[i + j] & 0x3f);
-        }
-        if ((k == 2 && cp < 0x800) || (k == 3 && (cp < 0x10000 || cp > 0x10ffff)) ||
-            (cp >= 0xd800 && cp <= 0xdfff))
-            return false;
-        i += k + 1;
-    }
-    return true;
+    return btl_utf8_count((const char *)s, n, NULL) == 0;
 }
 
 /* Length of the valid UTF-8 sequence at s[0..n), 0 if invalid, or
@@ -99,10 +68,10 @@ static bool utf8_ok(const unsigned char *s, size_t n)
 static size_t utf8_seq(const unsigned char *s, size_t n)
 {
     size_t want = 0;
-    for (size_t len = 1; len <= 4 && len <= n; len++) {
-        if (utf8_ok(s, len))
-            return len;
-    }
+    uint32_t cp;
+    size_t len = btl_utf8_decode((const char *)s, n, &cp);
+    if (len > 0 && cp != 0)
+        return len;
     /* A cut-off prefix: lead byte announces more bytes than remain. */
     unsigned char c = s[0];
     if (c >= 0xc2 && c <= 0xdf)

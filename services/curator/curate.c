@@ -11,6 +11,7 @@
 #include <jansson.h>
 
 #include "btl/bus.h"
+#include "btl/utf8.h"
 #include "btl/err.h"
 #include "btl/jobs.h"
 #include "btl/llm.h"
@@ -22,58 +23,6 @@ const char *const curate_criteria[CURATE_CRITERIA] = {"engagement", "clarity", "
                                                       "polish"};
 
 /* ---- pure functions ------------------------------------------------------ */
-
-/* Length of the valid UTF-8 sequence at p (at most avail bytes) and its
- * code point, or 0 when invalid. */
-static size_t utf8_decode(const unsigned char *p, size_t avail, uint32_t *cp)
-{
-    unsigned char c = p[0];
-    if (c < 0x80) {
-        *cp = c;
-        return 1;
-    }
-    size_t len;
-    uint32_t v, min;
-    if (c >= 0xC2 && c <= 0xDF) {
-        len = 2, v = c & 0x1F, min = 0x80;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-        len = 3, v = c & 0x0F, min = 0x800;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        len = 4, v = c & 0x07, min = 0x10000;
-    } else {
-        return 0;
-    }
-    if (avail < len)
-        return 0;
-    for (size_t i = 1; i < len; i++) {
-        if ((p[i] & 0xC0) != 0x80)
-            return 0;
-        v = (v << 6) | (p[i] & 0x3F);
-    }
-    if (v < min || v > 0x10FFFF || (v >= 0xD800 && v <= 0xDFFF))
-        return 0;
-    *cp = v;
-    return len;
-}
-
-int curate_utf8_count(const char *s, size_t len, size_t *cps)
-{
-    const unsigned char *p = (const unsigned char *)s;
-    size_t i = 0, n = 0;
-    if (s == NULL && len > 0)
-        return BTL_EINVAL;
-    while (i < len) {
-        uint32_t cp;
-        size_t l = utf8_decode(p + i, len - i, &cp);
-        if (l == 0 || cp == 0)
-            return BTL_EINVAL;
-        i += l;
-        n++;
-    }
-    if (cps != NULL)
-        *cps = n;
-    return 0;
-}
 
 static bool is_space_cp(uint32_t cp)
 {
@@ -105,7 +54,7 @@ bool curate_is_blank(const char *s)
     size_t len = strlen(s), i = 0;
     while (i < len) {
         uint32_t cp;
-        size_t l = utf8_decode(p + i, len - i, &cp);
+        size_t l = btl_utf8_decode((const char *)p + i, len - i, &cp);
         if (l == 0)
             return false; /* not text we understand: not blank */
         if (!is_space_cp(cp))
@@ -244,7 +193,7 @@ bool curate_prefilter(const btl_curation_cfg *cc, const char *body, const uint64
     size_t cps = 0;
     if (body == NULL)
         body = "";
-    if (curate_utf8_count(body, strlen(body), &cps) != 0) {
+    if (btl_utf8_count(body, strlen(body), &cps) != 0) {
         btl_strlcpy(reason, "invalid UTF-8", reasonlen);
         return true;
     }
@@ -260,7 +209,7 @@ bool curate_prefilter(const btl_curation_cfg *cc, const char *body, const uint64
     const char *bp = curate_banned_phrase(body, cc->banned_phrases, cc->n_banned_phrases);
     if (bp != NULL) {
         char shown[100];
-        btl_jobs_utf8_trunc(shown, sizeof shown, bp, sizeof shown - 1);
+        btl_utf8_copy(shown, sizeof shown, bp, sizeof shown - 1);
         btl_snprintf(reason, reasonlen, "banned phrase \"%s\"", shown);
         return true;
     }
@@ -324,7 +273,7 @@ static int note_copy(json_t *o, const char *key, char *dst, size_t dstlen, char 
         btl_snprintf(err, errlen, "post %" PRId64 ": \"%s\" must be a string", id, key);
         return BTL_EINVAL;
     }
-    btl_jobs_utf8_trunc(dst, dstlen, json_string_value(v), dstlen - 1);
+    btl_utf8_copy(dst, dstlen, json_string_value(v), dstlen - 1);
     return 0;
 }
 
@@ -677,9 +626,9 @@ static void emit(cjob *j, const char *status, int64_t id, const char *body, cons
     }
     /* Cut at a character boundary; bad bytes (a rejected invalid post)
      * become '?' so the strict encoder accepts the frame. */
-    btl_jobs_utf8_trunc(p->text, cap + 1, body ? body : "", cap);
-    btl_jobs_utf8_trunc(p->narrative, sizeof p->narrative, narrative ? narrative : "",
-                        sizeof p->narrative - 1);
+    btl_utf8_copy(p->text, cap + 1, body ? body : "", cap);
+    btl_utf8_copy(p->narrative, sizeof p->narrative, narrative ? narrative : "",
+                  sizeof p->narrative - 1);
     p->has_score = has_score;
     p->score = score;
     int rc = btl_bus_send_msg(j->env->events, &m);

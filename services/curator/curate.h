@@ -79,10 +79,6 @@ void curate_on_event(void *ud, btl_db *db, const btl_config *cfg, const btl_msg 
 
 /* ---- pure functions (unit-tested) --------------------------------------- */
 
-/* Strict UTF-8 check of s[0..len) (no overlongs, surrogates, > U+10FFFF,
- * truncated sequences). 0 with *cps = code points, or BTL_EINVAL. */
-int curate_utf8_count(const char *s, size_t len, size_t *cps);
-
 /* True when valid UTF-8 s holds only whitespace (ASCII and Unicode spaces,
  * incl. no-break and zero-width ones) or nothing. */
 bool curate_is_blank(const char *s);

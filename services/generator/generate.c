@@ -2,6 +2,7 @@
 #include "generate.h"
 
 #include "btl/botcmd.h"
+#include "btl/utf8.h"
 #include "btl/err.h"
 #include "btl/jobs.h"
 #include "btl/llm.h"
@@ -243,46 +244,6 @@ static int thread_llm(gen_ctx *g, const btl_config *cfg, btl_llm **out, char *er
 
 /* ---- text checks -------------------------------------------------------- */
 
-/* Strict UTF-8 (no overlongs, surrogates, > U+10FFFF): 0 with *cps, or
- * BTL_EINVAL. */
-static int utf8_count(const unsigned char *s, size_t len, size_t *cps)
-{
-    size_t n = 0;
-    for (size_t i = 0; i < len; n++) {
-        unsigned c = s[i];
-        size_t k;
-        unsigned cp;
-        if (c < 0x80) {
-            i++;
-            continue;
-        } else if (c >= 0xc2 && c <= 0xdf) {
-            k = 1;
-            cp = c & 0x1f;
-        } else if (c >= 0xe0 && c <= 0xef) {
-            k = 2;
-            cp = c & 0x0f;
-        } else if (c >= 0xf0 && c <= 0xf4) {
-            k = 3;
-            cp = c & 0x07;
-        } else {
-            return BTL_EINVAL;
-        }
-        if (i + k >= len) /* sequence cut short */
-            return BTL_EINVAL;
-        for (size_t j = 1; j <= k; j++) {
-            if ((s[i + j] & 0xc0) != 0x80)
-                return BTL_EINVAL;
-            cp = (cp << 6) | (s[i + j] & 0x3f);
-        }
-        if ((k == 2 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
-            (k == 3 && (cp < 0x10000 || cp > 0x10ffff)))
-            return BTL_EINVAL;
-        i += k + 1;
-    }
-    *cps = n;
-    return 0;
-}
-
 static bool is_space(unsigned char c)
 {
     return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
@@ -510,7 +471,7 @@ static int write_post(gen_ctx *g, btl_worker_env *env, const btl_job *job, const
         if (len == 0) {
             btl_snprintf(oc->error, sizeof oc->error, "narrative %s: empty post text", narrative);
             rc = BTL_EINVAL;
-        } else if (utf8_count((const unsigned char *)body, len, &cps) != 0) {
+        } else if (btl_utf8_count(body, len, &cps) != 0) {
             btl_snprintf(oc->error, sizeof oc->error, "narrative %s: post text is not UTF-8",
                          narrative);
             rc = BTL_EINVAL;

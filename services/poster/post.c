@@ -14,6 +14,7 @@
  * time, and the next tick claims whatever is due, so a retried job cannot
  * publish two posts for one tick. */
 #include "btl/err.h"
+#include "btl/utf8.h"
 #include "btl/jobs.h"
 #include "btl/log.h"
 #include "btl/metrics.h"
@@ -127,14 +128,14 @@ static void send_event(btl_worker_env *env, const char *topic, const claimed *c,
     size_t tl = strlen(c->body);
     size_t cap = tl < BTL_PROTO_MAX_TEXT ? tl : BTL_PROTO_MAX_TEXT;
     if ((e->text = malloc(cap + 1)) != NULL)
-        btl_jobs_utf8_trunc(e->text, cap + 1, c->body, cap);
-    btl_jobs_utf8_trunc(e->narrative, sizeof e->narrative, c->narrative, sizeof e->narrative - 1);
+        btl_utf8_copy(e->text, cap + 1, c->body, cap);
+    btl_utf8_copy(e->narrative, sizeof e->narrative, c->narrative, sizeof e->narrative - 1);
     e->has_score = c->has_score;
     e->score = c->score;
     btl_strlcpy(e->platform, platform, sizeof e->platform);
     if (remote_id && remote_id[0]) {
         e->has_remote_id = true;
-        btl_jobs_utf8_trunc(e->remote_id, sizeof e->remote_id, remote_id, sizeof e->remote_id - 1);
+        btl_utf8_copy(e->remote_id, sizeof e->remote_id, remote_id, sizeof e->remote_id - 1);
     }
     int rc = btl_bus_send_msg(env->events, &m);
     if (rc != 0)
@@ -202,7 +203,7 @@ static int mark_retry(btl_worker_env *env, const claimed *c, int64_t delay_ms, c
     char id[32], delay[32], reason[1024];
     btl_snprintf(id, sizeof id, "%lld", (long long)c->id);
     btl_snprintf(delay, sizeof delay, "%lld", (long long)delay_ms);
-    btl_jobs_utf8_trunc(reason, sizeof reason, why, sizeof reason - 1);
+    btl_utf8_copy(reason, sizeof reason, why, sizeof reason - 1);
     const char *p[] = {id, env->instance, delay, reason};
     return record(env,
                   "UPDATE posts SET status = 'approved', "
@@ -216,7 +217,7 @@ static int mark_failed(btl_worker_env *env, const claimed *c, const char *why, i
 {
     char id[32], reason[1024];
     btl_snprintf(id, sizeof id, "%lld", (long long)c->id);
-    btl_jobs_utf8_trunc(reason, sizeof reason, why, sizeof reason - 1);
+    btl_utf8_copy(reason, sizeof reason, why, sizeof reason - 1);
     const char *p[] = {id, env->instance, reason};
     return record(env,
                   "UPDATE posts SET status = 'failed', last_error = $3, lease_until = NULL, "

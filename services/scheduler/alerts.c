@@ -3,6 +3,7 @@
 #include "alerts.h"
 
 #include "btl/err.h"
+#include "btl/utf8.h"
 #include "btl/log.h"
 #include "btl/util.h"
 
@@ -50,21 +51,6 @@ static uint64_t fnv1a(uint64_t h, const char *s)
         h *= 1099511628211ULL;
     }
     return h ^ 0xff; /* separator: ("ab","c") and ("a","bc") differ */
-}
-
-/* Copy at most max bytes of src, never splitting a UTF-8 sequence. */
-static void copy_utf8(char *dst, size_t dstlen, const char *src, size_t max)
-{
-    size_t n = strlen(src);
-    if (n > max)
-        n = max;
-    if (n >= dstlen)
-        n = dstlen - 1;
-    if (n < strlen(src))
-        while (n > 0 && ((unsigned char)src[n] & 0xC0) == 0x80)
-            n--;
-    memcpy(dst, src, n);
-    dst[n] = '\0';
 }
 
 static void count_drop(const char *kind, const char *reason)
@@ -132,9 +118,9 @@ void sched_alert(scheduler *s, const char *kind, const char *task, const char *t
         reason = "queue_full";
     } else {
         alert *a = &g.q[(g.head + g.n) % ALERTS_QUEUE_MAX];
-        copy_utf8(a->kind, sizeof a->kind, kind, sizeof a->kind - 1);
-        copy_utf8(a->task, sizeof a->task, task ? task : "", sizeof a->task - 1);
-        copy_utf8(a->text, sizeof a->text, text, ALERTS_TEXT_MAX);
+        btl_utf8_copy(a->kind, sizeof a->kind, kind, sizeof a->kind - 1);
+        btl_utf8_copy(a->task, sizeof a->task, task ? task : "", sizeof a->task - 1);
+        btl_utf8_copy(a->text, sizeof a->text, text, ALERTS_TEXT_MAX);
         g.n++;
         pthread_cond_signal(&g.cv);
     }
@@ -166,7 +152,7 @@ static int build_body(const alert *a, const char *instance, btl_buf *body)
         return rc;
     /* Keep Discord's 2000-character limit whatever the task name was. */
     char cut[ALERTS_TEXT_MAX + 200];
-    copy_utf8(cut, sizeof cut, msg, sizeof cut - 1);
+    btl_utf8_copy(cut, sizeof cut, msg, sizeof cut - 1);
     btl_buf_reset(body);
     if ((rc = btl_buf_puts(body, "{\"content\":")) == 0 &&
         (rc = btl_buf_json_str(body, cut)) == 0 && (rc = btl_buf_puts(body, ",\"text\":")) == 0 &&

@@ -3,6 +3,7 @@
  * The database must be empty (test_jobs.sh starts a private cluster).
  * Prints "N passed, M failed" and exits non-zero on any failure. */
 #include "btl/db.h"
+#include "btl/utf8.h"
 #include "btl/err.h"
 #include "btl/jobs.h"
 #include "btl/util.h"
@@ -856,13 +857,13 @@ static void test_fail(void)
     int64_t olen = q_id(db, "SELECT octet_length(last_error) FROM jobs WHERE id = $1::bigint", e);
     CHECK(olen == 2047, "cut at a boundary within 2 KiB: %" PRId64, olen);
     char t[8];
-    btl_jobs_utf8_trunc(t, sizeof t, "ab\xff\xc3\xa9", 10);
+    btl_utf8_copy(t, sizeof t, "ab\xff\xc3\xa9", 10);
     CHECK(strcmp(t, "ab?\xc3\xa9") == 0, "invalid byte replaced: %s", t);
-    btl_jobs_utf8_trunc(t, sizeof t, "a\xc3\xa9", 2);
+    btl_utf8_copy(t, sizeof t, "a\xc3\xa9", 2);
     CHECK(strcmp(t, "a") == 0, "no half character: %s", t);
-    btl_jobs_utf8_trunc(t, sizeof t, "\xed\xa0\x80z", 10);
+    btl_utf8_copy(t, sizeof t, "\xed\xa0\x80z", 10);
     CHECK(strcmp(t, "???z") == 0, "surrogate refused: %s", t);
-    btl_jobs_utf8_trunc(t, sizeof t, "abcdefghijk", 100);
+    btl_utf8_copy(t, sizeof t, "abcdefghijk", 100);
     CHECK(strcmp(t, "abcdefg") == 0, "dst size bounds: %s", t);
     btl_db_close(db);
 }

@@ -18,13 +18,13 @@ static void test_utf8_count(void **state)
 {
     (void)state;
     size_t n = 99;
-    assert_int_equal(curate_utf8_count("", 0, &n), 0);
+    assert_int_equal(btl_utf8_count("", 0, &n), 0);
     assert_int_equal(n, 0);
     const char *s = "h\xC3\xA9llo";
-    assert_int_equal(curate_utf8_count(s, strlen(s), &n), 0);
+    assert_int_equal(btl_utf8_count(s, strlen(s), &n), 0);
     assert_int_equal(n, 5);
     s = "\xE6\x97\xA5\xE6\x9C\xAC \xF0\x9F\x98\x80"; /* 2 CJK, space, emoji */
-    assert_int_equal(curate_utf8_count(s, strlen(s), &n), 0);
+    assert_int_equal(btl_utf8_count(s, strlen(s), &n), 0);
     assert_int_equal(n, 4);
     const char *bad[] = {"\xC0\xAF",         /* overlong '/' */
                          "\xE0\x80\xAF",     /* overlong 3-byte */
@@ -34,9 +34,9 @@ static void test_utf8_count(void **state)
                          "\x80",             /* lone continuation */
                          "\xFF"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
-        assert_int_equal(curate_utf8_count(bad[i], strlen(bad[i]), &n), BTL_EINVAL);
+        assert_int_equal(btl_utf8_count(bad[i], strlen(bad[i]), &n), BTL_EINVAL);
     /* An embedded NUL within len is not text. */
-    assert_int_equal(curate_utf8_count("a\0b", 3, &n), BTL_EINVAL);
+    assert_int_equal(btl_utf8_count("a\0b", 3, &n), BTL_EINVAL);
 }
 
 static void test_blank(void **state)

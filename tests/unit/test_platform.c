@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "btl/config.h"
+#include "btl/utf8.h"
 #include "btl/err.h"
 #include "btl/platform.h"
 #include "btl/util.h"
@@ -136,13 +137,13 @@ static void test_utf8_count(void **state)
 {
     (void)state;
     size_t n = 99;
-    assert_int_equal(btl_platform_utf8_count("", 0, &n), 0);
+    assert_int_equal(btl_utf8_count("", 0, &n), 0);
     assert_int_equal(n, 0);
-    assert_int_equal(btl_platform_utf8_count("abc", 3, &n), 0);
+    assert_int_equal(btl_utf8_count("abc", 3, &n), 0);
     assert_int_equal(n, 3);
     /* é (2 bytes), € (3 bytes), 😀 (4 bytes) */
     const char *mix = "a\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80";
-    assert_int_equal(btl_platform_utf8_count(mix, strlen(mix), &n), 0);
+    assert_int_equal(btl_utf8_count(mix, strlen(mix), &n), 0);
     assert_int_equal(n, 4);
     static const char *const bad[] = {
         "\x80",             /* lone continuation */
@@ -155,11 +156,11 @@ static void test_utf8_count(void **state)
         "a\xc3(",           /* lead without continuation */
     };
     for (size_t i = 0; i < BTL_ARRAY_LEN(bad); i++)
-        if (btl_platform_utf8_count(bad[i], strlen(bad[i]), &n) != BTL_EINVAL)
+        if (btl_utf8_count(bad[i], strlen(bad[i]), &n) != BTL_EINVAL)
             fail_msg("accepted invalid sequence #%zu", i);
-    assert_int_equal(btl_platform_utf8_count("a\0b", 3, &n), BTL_EINVAL);
+    assert_int_equal(btl_utf8_count("a\0b", 3, &n), BTL_EINVAL);
     /* A valid sequence cut by the length is truncated, hence invalid. */
-    assert_int_equal(btl_platform_utf8_count(mix, 2, &n), BTL_EINVAL);
+    assert_int_equal(btl_utf8_count(mix, 2, &n), BTL_EINVAL);
 }
 
 static void test_nonce(void **state)
@@ -338,7 +339,7 @@ static void test_classify(void **state)
     assert_int_equal(btl_platform_classify(500, "bad \xff\xfe\xc3 text", NULL, &r, NULL),
                      BTL_EAGAIN);
     size_t n;
-    assert_int_equal(btl_platform_utf8_count(r.error, strlen(r.error), &n), 0);
+    assert_int_equal(btl_utf8_count(r.error, strlen(r.error), &n), 0);
 }
 
 /* ---- configuration -------------------------------------------------------- */

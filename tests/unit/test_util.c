@@ -12,6 +12,7 @@
 #include "btl/err.h"
 #include "btl/log.h"
 #include "btl/util.h"
+#include "btl/utf8.h"
 #include "btl/worker.h"
 
 static void test_strlcpy_snprintf(void **state)
@@ -110,6 +111,32 @@ static void test_epoch_seconds(void **state)
     assert_string_equal(b, "-1.500");
 }
 
+static void test_utf8(void **state)
+{
+    (void)state;
+    size_t n = 99;
+    uint32_t cp;
+    assert_int_equal(btl_utf8_decode("\xe2\x82\xac", 3, &cp), 3);
+    assert_int_equal(cp, 0x20AC);
+    assert_int_equal(btl_utf8_decode("\xe2\x82", 2, &cp), 0);         /* cut short */
+    assert_int_equal(btl_utf8_decode("\xc0\xaf", 2, &cp), 0);         /* overlong */
+    assert_int_equal(btl_utf8_decode("\xed\xa0\x80", 3, &cp), 0);     /* surrogate */
+    assert_int_equal(btl_utf8_decode("\xf4\x90\x80\x80", 4, &cp), 0); /* > U+10FFFF */
+    assert_int_equal(btl_utf8_count("a\xc3\xa9\xf0\x9f\x98\x80", 7, &n), 0);
+    assert_int_equal(n, 3);
+    assert_int_equal(btl_utf8_count("a\0b", 3, &n), BTL_EINVAL);
+    assert_int_equal(btl_utf8_count("\xff", 1, &n), BTL_EINVAL);
+    char t[8];
+    btl_utf8_copy(t, sizeof t, "a\xc3\xa9", 2); /* never half a character */
+    assert_string_equal(t, "a");
+    btl_utf8_copy(t, sizeof t, "ab\xff\xc3\xa9", 10);
+    assert_string_equal(t, "ab?\xc3\xa9");
+    btl_utf8_copy(t, sizeof t, "abcdefghijk", 100); /* bounded by dst */
+    assert_string_equal(t, "abcdefg");
+    btl_utf8_copy(t, sizeof t, NULL, 5);
+    assert_string_equal(t, "");
+}
+
 static void test_buf(void **state)
 {
     (void)state;
@@ -180,6 +207,7 @@ int main(void)
         cmocka_unit_test(test_iso8601),
         cmocka_unit_test(test_buf),
         cmocka_unit_test(test_epoch_seconds),
+        cmocka_unit_test(test_utf8),
         cmocka_unit_test(test_log_levels),
         cmocka_unit_test(test_worker_ops),
     };

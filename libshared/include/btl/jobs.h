@@ -127,8 +127,4 @@ typedef struct btl_jobs_counts {
 } btl_jobs_counts;
 int btl_jobs_count(btl_db *db, const char *queue, btl_jobs_counts *out);
 
-/* Copy at most max bytes of s into dst (size > max) as valid UTF-8: cut at a
- * character boundary, invalid bytes replaced by '?'. Exposed for tests. */
-void btl_jobs_utf8_trunc(char *dst, size_t dstlen, const char *s, size_t max);
-
 #endif

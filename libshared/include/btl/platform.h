@@ -111,10 +111,6 @@ void btl_platform_set_timeout(btl_platform *p, int64_t timeout_ms);
 
 /* ---- pure helpers (exposed for tests) ----------------------------------- */
 
-/* Count the code points of s[0..len). BTL_EINVAL on invalid UTF-8 (overlong
- * forms, surrogates, > U+10FFFF, truncated sequences) or a NUL byte. */
-int btl_platform_utf8_count(const char *s, size_t len, size_t *count);
-
 /* Discord nonce from an idempotency key: the key itself when it is at most
  * 25 chars of [A-Za-z0-9_.:-], else "btl-" + 16 hex digits of a 64-bit hash
  * of it (20 chars). Deterministic. out needs >= 26 bytes (BTL_ETOOBIG).
