@@ -238,19 +238,11 @@ static int failf(const char *name, char *err, size_t errlen, int line, int col, 
 static int failf(const char *name, char *err, size_t errlen, int line, int col, const char *fmt,
                  ...)
 {
-    if (err == NULL || errlen == 0)
-        return BTL_ECONFIG;
-    char msg[512];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    int rc = btl_pos_errorv(err, errlen, name, line, col, fmt, ap);
     va_end(ap);
-    /* Messages quote user text: keep them on one printable line. */
-    for (char *c = msg; *c; c++)
-        if ((unsigned char)*c < 0x20 || *c == 0x7f)
-            *c = '?';
-    btl_snprintf(err, errlen, "%s:%d:%d: %s", name, line, col, msg);
-    return BTL_ECONFIG;
+    return rc;
 }
 
 /* Printable, bounded copy of user text for messages. */

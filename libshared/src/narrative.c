@@ -203,19 +203,11 @@ static int lfail(loader *L, int line, int col, const char *fmt, ...)
 
 static int lfail(loader *L, int line, int col, const char *fmt, ...)
 {
-    if (L->err == NULL || L->errlen == 0)
-        return BTL_ECONFIG;
-    char msg[512];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    int rc = btl_pos_errorv(L->err, L->errlen, L->name, line, col, fmt, ap);
     va_end(ap);
-    /* Messages quote user text: keep them on one printable line. */
-    for (char *c = msg; *c; c++)
-        if ((unsigned char)*c < 0x20 || *c == 0x7f)
-            *c = '?';
-    btl_snprintf(L->err, L->errlen, "%s:%d:%d: %s", L->name, line, col, msg);
-    return BTL_ECONFIG;
+    return rc;
 }
 
 static int nfail(loader *L, const ynode *n, const char *fmt, ...)

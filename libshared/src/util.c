@@ -427,3 +427,17 @@ double btl_rand01(void)
     rng_state = x;
     return (double)(x >> 11) / 9007199254740992.0;
 }
+
+int btl_pos_errorv(char *err, size_t errlen, const char *name, int line, int col, const char *fmt,
+                   va_list ap)
+{
+    if (err == NULL || errlen == 0)
+        return BTL_ECONFIG;
+    char msg[512];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    for (char *c = msg; *c; c++)
+        if ((unsigned char)*c < 0x20 || *c == 0x7f)
+            *c = '?';
+    btl_snprintf(err, errlen, "%s:%d:%d: %s", name, line, col, msg);
+    return BTL_ECONFIG;
+}

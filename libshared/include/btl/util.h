@@ -69,6 +69,12 @@ char *btl_buf_steal(btl_buf *b);
  * frees). */
 int btl_read_file(const char *path, size_t limit, char **out, size_t *len);
 
+/* Writes "NAME:LINE:COL: message" into err (errlen > 0), the message made
+ * one printable line (control bytes become '?': it quotes user text).
+ * Returns BTL_ECONFIG, the code of every positioned file error. */
+int btl_pos_errorv(char *err, size_t errlen, const char *name, int line, int col, const char *fmt,
+                   va_list ap) __attribute__((format(printf, 6, 0)));
+
 /* Hostname-pid style identity for `src`/`instance`: "host/pid". */
 void btl_default_instance(char *buf, size_t n);
 
