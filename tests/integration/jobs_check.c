@@ -7,6 +7,7 @@
 #include "btl/err.h"
 #include "btl/jobs.h"
 #include "btl/util.h"
+#include "check.h"
 
 #include <dirent.h>
 #include <inttypes.h>
@@ -18,42 +19,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static atomic_int g_pass, g_fail;
 static const char *g_url;
 static const char *g_migrations;
 
-#define CHECK(cond, ...)                                                                           \
-    do {                                                                                           \
-        if (cond) {                                                                                \
-            atomic_fetch_add(&g_pass, 1);                                                          \
-        } else {                                                                                   \
-            atomic_fetch_add(&g_fail, 1);                                                          \
-            fprintf(stderr, "FAIL %s:%d: %s: ", __func__, __LINE__, #cond);                        \
-            fprintf(stderr, __VA_ARGS__);                                                          \
-            fputc('\n', stderr);                                                                   \
-        }                                                                                          \
-    } while (0)
-
-/* Abort the current test function when a precondition fails; cond is
- * evaluated once (it often has side effects such as a claim). */
-#define REQUIRE(cond, ...)                                                                         \
-    do {                                                                                           \
-        bool req_ok_ = (cond);                                                                     \
-        CHECK(req_ok_, __VA_ARGS__);                                                               \
-        if (!req_ok_)                                                                              \
-            return;                                                                                \
-    } while (0)
-
 static btl_db *open_db(void)
 {
-    btl_db *db = NULL;
-    char err[512];
-    int rc = btl_db_open(g_url, &db, err, sizeof err);
-    if (rc != 0) {
-        fprintf(stderr, "FATAL: cannot connect: %s (%s)\n", err, btl_strerror(rc));
-        exit(2);
-    }
-    return db;
+    return check_open_db(g_url);
 }
 
 /* First cell of a one-parameter query as int64; INT64_MIN on error. */
@@ -1045,7 +1016,5 @@ int main(int argc, char **argv)
         printf("%-16s %s (%" PRId64 " ms)\n", tests[i].name,
                atomic_load(&g_fail) == before ? "ok" : "FAILED", btl_mono_ms() - t0);
     }
-    int pass = atomic_load(&g_pass), fail = atomic_load(&g_fail);
-    printf("%d passed, %d failed\n", pass, fail);
-    return fail == 0 ? 0 : 1;
+    return check_summary();
 }

@@ -7,6 +7,7 @@
 #include "btl/err.h"
 #include "btl/llm.h"
 #include "btl/util.h"
+#include "check.h"
 
 #include <inttypes.h>
 #include <pthread.h>
@@ -15,32 +16,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-static atomic_int g_pass, g_fail;
 static const char *g_url, *g_record;
 static int g_port;
 
-#define CHECK(cond, ...)                                                                           \
-    do {                                                                                           \
-        if (cond) {                                                                                \
-            atomic_fetch_add(&g_pass, 1);                                                          \
-        } else {                                                                                   \
-            atomic_fetch_add(&g_fail, 1);                                                          \
-            fprintf(stderr, "FAIL %s:%d: %s: ", __func__, __LINE__, #cond);                        \
-            fprintf(stderr, __VA_ARGS__);                                                          \
-            fputc('\n', stderr);                                                                   \
-        }                                                                                          \
-    } while (0)
-
 static btl_db *open_db(void)
 {
-    btl_db *db = NULL;
-    char err[512];
-    int rc = btl_db_open(g_url, &db, err, sizeof err);
-    if (rc != 0) {
-        fprintf(stderr, "FATAL: cannot connect: %s (%s)\n", err, btl_strerror(rc));
-        exit(2);
-    }
-    return db;
+    return check_open_db(g_url);
 }
 
 static char g_base[128];
@@ -305,6 +286,5 @@ int main(int argc, char **argv)
     check_tpm();
     check_unlimited_accounting();
 
-    printf("%d passed, %d failed\n", atomic_load(&g_pass), atomic_load(&g_fail));
-    return atomic_load(&g_fail) == 0 ? 0 : 1;
+    return check_summary();
 }

@@ -9,6 +9,7 @@
 #include "btl/metrics.h"
 #include "btl/state.h"
 #include "btl/util.h"
+#include "check.h"
 
 #include <arpa/inet.h>
 #include <inttypes.h>
@@ -19,20 +20,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static int g_pass, g_fail;
-
-#define CHECK(cond, ...)                                                                           \
-    do {                                                                                           \
-        if (cond) {                                                                                \
-            g_pass++;                                                                              \
-        } else {                                                                                   \
-            g_fail++;                                                                              \
-            fprintf(stderr, "FAIL %s:%d: %s: ", __func__, __LINE__, #cond);                        \
-            fprintf(stderr, __VA_ARGS__);                                                          \
-            fputc('\n', stderr);                                                                   \
-        }                                                                                          \
-    } while (0)
 
 /* ---- helpers ------------------------------------------------------------- */
 
@@ -731,8 +718,7 @@ int main(int argc, char **argv)
     test_botcmd_state(db);
     test_db_update(db);
     test_discord(db);
-    printf("%d passed, %d failed\n", g_pass, g_fail);
-    status = g_fail ? 1 : 0;
+    status = check_summary();
 out:
     if (d)
         MHD_stop_daemon(d);
