@@ -5,7 +5,7 @@ BUILD      ?= build
 TEST_BUILD ?= build-test
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: all deps build run test test-build bench format clean
+.PHONY: all deps build run test test-build bench fuzz compose-test format clean
 
 all: build
 
@@ -30,6 +30,15 @@ test: test-build
 
 bench: build
 	@bash bench/queue/run.sh $(BUILD)
+
+# libFuzzer targets (clang), FUZZ_SECONDS per target; see docs/RELIABILITY.md.
+FUZZ_SECONDS ?= 60
+fuzz:
+	@bash scripts/fuzz.sh $(FUZZ_SECONDS)
+
+# docker-compose.yml for real, through podman's Docker-API socket.
+compose-test:
+	@bash scripts/compose-test.sh
 
 format:
 	@clang-format -i $$(git ls-files '*.c' '*.h')
