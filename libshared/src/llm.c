@@ -2,6 +2,7 @@
  * plus the offline provider (llm_offline.c). Retries, cluster-wide budgets
  * in llm_usage, token accounting and metrics live here. */
 #include "btl/llm.h"
+#include "btl/tz.h"
 #include "btl/utf8.h"
 
 #include "btl/err.h"
@@ -473,6 +474,31 @@ static int http_post(btl_llm *llm, const char *url, struct curl_slist *hdrs, con
     return 0;
 }
 
+static btl_tz *g_pacific; /* loaded once, read-only after, lives until exit */
+static pthread_once_t g_pacific_once = PTHREAD_ONCE_INIT;
+
+static void load_pacific(void)
+{
+    if (btl_tz_load("America/Los_Angeles", &g_pacific) != 0)
+        g_pacific = NULL;
+}
+
+/* Milliseconds from now_ms to the next midnight in America/Los_Angeles, or
+ * -1 when the zone is not installed. */
+static int64_t ms_to_pacific_midnight(int64_t now_ms)
+{
+    pthread_once(&g_pacific_once, load_pacific);
+    if (g_pacific == NULL)
+        return -1;
+    int64_t now_s = now_ms / 1000;
+    int64_t local = now_s + btl_tz_offset_at(g_pacific, now_s);
+    int64_t next_local_midnight = (local / 86400 + 1) * 86400;
+    /* Offset at the target instant (DST may change overnight). */
+    int64_t guess = next_local_midnight - btl_tz_offset_at(g_pacific, now_s);
+    int64_t utc = next_local_midnight - btl_tz_offset_at(g_pacific, guess);
+    return utc * 1000 - now_ms;
+}
+
 /* ------------------------------------------------------ request / reply */
 
 static bool model_name_ok(const char *m)
@@ -864,7 +890,9 @@ int btl_llm_complete(btl_llm *llm, btl_db *db, const btl_llm_request *req, btl_l
                     goto out;
                 }
                 if (ei.per_day) {
-                    resp->retry_after_ms = w.ms_to_next_day;
+                    /* Google's daily quotas reset at midnight Pacific time. */
+                    int64_t reset = ms_to_pacific_midnight(btl_now_ms());
+                    resp->retry_after_ms = reset > 0 ? reset : w.ms_to_next_day;
                     set_err(err, errlen,
                             "HTTP 429 daily quota exhausted: %s; retry in %" PRId64 " ms", msg,
                             resp->retry_after_ms);

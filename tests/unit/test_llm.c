@@ -13,6 +13,7 @@
 
 #include "btl/err.h"
 #include "btl/llm.h"
+#include "btl/tz.h"
 #include "btl/metrics.h"
 #include "btl/util.h"
 
@@ -450,8 +451,15 @@ static void test_gemini_per_day_fails_fast(void **state)
     assert_int_equal(run(&cfg, &req, &resp, err, sizeof err), BTL_EAGAIN);
     assert_true(btl_mono_ms() - t0 < 1000);
     assert_int_equal(fake_requests(), 1);
-    int64_t now = btl_now_ms();
-    int64_t to_midnight = 86400000 - now % 86400000;
+    /* Google resets daily quotas at midnight Pacific time: the first whole
+     * UTC hour after now whose Los Angeles wall clock reads 00:00. */
+    btl_tz *la = NULL;
+    assert_int_equal(btl_tz_load("America/Los_Angeles", &la), 0);
+    int64_t now_s = btl_now_ms() / 1000, t = (now_s / 3600 + 1) * 3600;
+    while ((t + btl_tz_offset_at(la, t)) % 86400 != 0)
+        t += 3600;
+    btl_tz_free(la);
+    int64_t to_midnight = t * 1000 - btl_now_ms();
     assert_true(resp.retry_after_ms > 0);
     assert_true(llabs(resp.retry_after_ms - to_midnight) < 5000);
 }
