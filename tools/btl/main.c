@@ -29,23 +29,29 @@ typedef struct cli {
 
 static void usage(FILE *f)
 {
-    fputs("usage: btl COMMAND [ARGS] [--config FILE] [--json]\n"
-          "\n"
-          "Scheduler (over the control socket):\n"
-          "  status                    leader, queues and tasks\n"
-          "  tasks                     configured tasks and their state\n"
-          "  trigger TASK              fire a task now\n"
-          "  pause TASK | resume TASK  stop / restart firing a task (resume closes its circuit)\n"
-          "  history TASK [-n N]       recent executions of a task\n"
-          "Local:\n"
-          "  schedule next EXPR [--from ISO8601] [--tz ZONE] [-n N]\n"
-          "                            print the next N fire times (UTC), one a line\n"
-          "  validate [FILE]           check a configuration and the narratives it names\n"
-          "  migrate                   apply database migrations (BTL_MIGRATIONS or ./migrations)\n"
-          "\n"
-          "--config FILE defaults to $BTL_CONFIG, then config/botticelli.yaml.\n"
-          "BTL_CONTROL_URL overrides the control socket address.\n",
-          f);
+    fputs(
+        "usage: btl COMMAND [ARGS] [--config FILE] [--json]\n"
+        "\n"
+        "Scheduler (over the control socket):\n"
+        "  status                    leader, queues and tasks\n"
+        "  tasks                     configured tasks and their state\n"
+        "  trigger TASK              fire a task now\n"
+        "  pause TASK | resume TASK  stop / restart firing a task (resume closes its circuit)\n"
+        "  history TASK [-n N]       recent executions of a task\n"
+        "Content and state (database, needs database.url):\n"
+        "  posts [--status S] [-n N] list posts; posts approve ID | posts reject ID [--reason T]\n"
+        "  state list [PREFIX] | get K | set K JSON [--ttl D] | delete K | clear PREFIX\n"
+        "Local:\n"
+        "  token --role admin|operator|readonly --ttl D [--sub NAME]\n"
+        "                            mint an API token from api.jwt_secret\n"
+        "  schedule next EXPR [--from ISO8601] [--tz ZONE] [-n N]\n"
+        "                            print the next N fire times (UTC), one a line\n"
+        "  validate [FILE]           check a configuration and the narratives it names\n"
+        "  migrate                   apply database migrations (BTL_MIGRATIONS or ./migrations)\n"
+        "\n"
+        "--config FILE defaults to $BTL_CONFIG, then config/botticelli.yaml.\n"
+        "BTL_CONTROL_URL overrides the control socket address.\n",
+        f);
 }
 
 static int parse(int argc, char **argv, cli *c)
