@@ -35,7 +35,7 @@ static const struct {
     {BTL_TOPIC_EXEC_RESULT, BTL_MSG_EXEC_RESULT},
 };
 
-static const char *const tick_reasons[] = {"scheduled", "manual", "catchup", "startup"};
+static const char *const tick_reasons[] = {"scheduled", "manual", "catchup", "startup", "reload"};
 static const char *const post_statuses[] = {"pending", "approved", "rejected", "posting",
                                             "posted",  "failed",   "unknown"};
 

@@ -571,6 +571,13 @@ int btl_worker_main(const btl_worker_opts *opts, volatile sig_atomic_t *stop,
         }
         const char *lv[] = {"in", m.type};
         btl_metric_inc(ws.m_frames, lv, 1);
+        if (m.kind == BTL_MSG_TICK && strcmp(m.body.tick.reason, "reload") == 0) {
+            /* The operator reloaded the scheduler (API, control, SIGHUP):
+             * re-read ours too, as on SIGHUP. A lost tick leaves SIGHUP. */
+            *reload = 1;
+            btl_msg_free(&m);
+            continue;
+        }
         if (opts->hooks.on_event != NULL && m.kind != BTL_MSG_TICK) {
             if (event_db == NULL &&
                 btl_db_open(ws.cfg->database.url, &event_db, why, sizeof why) != 0)

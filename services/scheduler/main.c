@@ -10,6 +10,7 @@
 #include "btl/err.h"
 #include "btl/http.h"
 #include "btl/log.h"
+#include "btl/proto.h"
 #include "btl/service.h"
 #include "btl/util.h"
 
@@ -28,6 +29,29 @@ static int ready_cb(void *ud, char *why, size_t n)
         return 1;
     }
     return 0;
+}
+
+/* Tells the workers to re-read their configuration too (budgets, worker
+ * settings): a tick with reason "reload" on each worker topic. */
+static void publish_reload(scheduler *s)
+{
+    static const char *const services[] = {"generator", "curator", "poster"};
+    for (size_t i = 0; i < BTL_ARRAY_LEN(services); i++) {
+        btl_msg m;
+        char topic[32];
+        memset(&m, 0, sizeof m);
+        btl_snprintf(topic, sizeof topic, "tick.%s", services[i]);
+        if (btl_proto_init(&m, topic, s->instance) != 0)
+            continue;
+        btl_strlcpy(m.body.tick.task, "*", sizeof m.body.tick.task);
+        btl_strlcpy(m.body.tick.reason, "reload", sizeof m.body.tick.reason);
+        m.body.tick.due_ts = btl_now_ms();
+        if (btl_bus_send_msg(&s->pub, &m) == 0) {
+            const char *lv[] = {"out", topic};
+            btl_metric_inc(s->m_frames, lv, 1);
+        }
+        btl_msg_free(&m);
+    }
 }
 
 static void *leader_main(void *arg)
@@ -191,6 +215,7 @@ int main(int argc, char **argv)
                 pthread_mutex_unlock(&s.conf_lock);
                 sched_conf_put(old);
                 atomic_store(&s.resync, 1);
+                publish_reload(&s);
                 BTL_INFO("configuration reloaded (bus and http addresses need a restart)", "tasks",
                          btl_log_i64((char[32]){0}, (long long)nc->cfg->n_tasks));
             }

@@ -83,6 +83,14 @@ check "resume recorded" sql_eq "SELECT is_paused FROM tasks WHERE task_id = 'tic
 check "unknown task is an error" bash -c "! '$BTL_BUILD/btl' trigger nosuchtask"
 check "garbage command gets an error reply" bash -c "nngcat --req --dial $CONTROL_URL --data 'frobnicate' --ascii --recv-timeout 5 | grep -q '\"ok\":false'"
 
+# A reload on the control socket reaches the workers too (tick reason reload).
+check "reload via control" bash -c "nngcat --req --dial $CONTROL_URL --data reload --ascii --recv-timeout 5 | grep -q '\"ok\":true'"
+for s in scheduler generator curator poster; do
+    check "$s reloaded its configuration" wait_for "$s reload" 20 grep -q '"msg":"configuration reloaded' "$T/$s.log"
+done
+check "workers keep working after the reload" wait_for "ticking after reload" 20 \
+    sql_ge "SELECT count(*) FROM executions WHERE task_id = 'ticking' AND success AND started_at > now() - interval '5 seconds'" 1
+
 metrics=$(curl -fsS "http://127.0.0.1:$HTTP_SCHED/metrics")
 check "metrics: executions_total" grep -q '^btl_executions_total{task="noop_task",status="success"}' <<<"$metrics"
 check "metrics: circuit trips" grep -q '^btl_circuit_breaker_trips_total{task="flaky"}' <<<"$metrics"

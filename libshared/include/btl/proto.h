@@ -36,7 +36,8 @@
 
 enum btl_msg_kind { BTL_MSG_TICK = 1, BTL_MSG_POST, BTL_MSG_EXEC_RESULT };
 
-/* Body of tick.<service>. reason is one of scheduled|manual|catchup|startup.
+/* Body of tick.<service>. reason is one of scheduled|manual|catchup|startup,
+ * or reload: the scheduler reloaded its configuration, workers do too.
  * run_id, due_ts >= 0; task non-empty. */
 typedef struct btl_tick {
     char task[128];
