@@ -9,6 +9,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 
 #define READY_WHY_MAX 256
@@ -263,6 +264,20 @@ static bool has_body(struct MHD_Connection *c)
            MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_TRANSFER_ENCODING);
 }
 
+/* MHD decodes %00 inside a query value and hands out C strings, so a value
+ * would be silently cut at the NUL; such a request is refused instead. */
+static enum MHD_Result find_nul(void *cls, enum MHD_ValueKind kind, const char *key,
+                                size_t key_size, const char *value, size_t value_size)
+{
+    (void)kind;
+    bool *found = cls;
+    if (strlen(key) != key_size || (value != NULL && strlen(value) != value_size)) {
+        *found = true;
+        return MHD_NO;
+    }
+    return MHD_YES;
+}
+
 /* ---- dispatch ------------------------------------------------------------ */
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
@@ -296,6 +311,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         }
         if (h->handler == NULL)
             return respond_status(h, c, st, MHD_HTTP_NOT_FOUND, "not found", NULL, "other", false);
+        bool nul = false;
+        MHD_get_connection_values_n(c, MHD_GET_ARGUMENT_KIND, find_nul, &nul);
+        if (nul)
+            return respond_status(h, c, st, MHD_HTTP_BAD_REQUEST, "bad request",
+                                  "a query argument holds a NUL byte", "app", has_body(c));
         const char *cl =
             MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
         int64_t announced;
@@ -415,16 +435,24 @@ int btl_http_start(const btl_http_opts *opts, btl_http **out)
                                               dur_labels, NULL, 0);
     }
 
+    /* Leave file descriptors for the database, the bus and the logs. */
+    unsigned int max_conns = BTL_HTTP_MAX_CONNS;
+    struct rlimit nofile;
+    if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur != RLIM_INFINITY &&
+        nofile.rlim_cur < (rlim_t)max_conns + 128)
+        max_conns = nofile.rlim_cur > 128 + 16 ? (unsigned int)(nofile.rlim_cur - 128) : 16;
+
     unsigned int flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO | MHD_USE_ITC;
     if (ai->ai_family == AF_INET6)
         flags |= MHD_USE_IPv6;
     errno = 0;
-    h->d = MHD_start_daemon(flags, 0, NULL, NULL, on_request, h, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
-                            MHD_OPTION_CONNECTION_LIMIT, (unsigned int)BTL_HTTP_MAX_CONNS,
-                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)BTL_HTTP_TIMEOUT_S,
-                            MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)BTL_HTTP_CONN_MEMORY,
-                            MHD_OPTION_URI_LOG_CALLBACK, on_uri, h, MHD_OPTION_NOTIFY_COMPLETED,
-                            on_completed, h, MHD_OPTION_END);
+    h->d =
+        MHD_start_daemon(flags, 0, NULL, NULL, on_request, h, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
+                         MHD_OPTION_CONNECTION_LIMIT, max_conns, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+                         (unsigned int)BTL_HTTP_MAX_CONNS_PER_IP, MHD_OPTION_CONNECTION_TIMEOUT,
+                         (unsigned int)BTL_HTTP_TIMEOUT_S, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+                         (size_t)BTL_HTTP_CONN_MEMORY, MHD_OPTION_URI_LOG_CALLBACK, on_uri, h,
+                         MHD_OPTION_NOTIFY_COMPLETED, on_completed, h, MHD_OPTION_END);
     if (h->d == NULL) {
         int e = errno;
         /* MHD reports no reason; bind's errno usually survives its cleanup. */

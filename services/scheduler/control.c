@@ -81,6 +81,21 @@ static json_t *handle(scheduler *s, btl_db *db, const btl_control_req *req)
 {
     const char *cmd = req->cmd;
     const char *task = req->task[0] ? req->task : (req->nargs > 0 ? req->args[0] : "");
+    /* Extra words are refused, not ignored: "pause a ; b" must not pause a. */
+    int given = (req->task[0] ? 1 : 0) + req->nargs;
+    int most = -1; /* unknown commands are reported below */
+    if (strcmp(cmd, "ping") == 0 || strcmp(cmd, "status") == 0 || strcmp(cmd, "tasks") == 0 ||
+        strcmp(cmd, "reload") == 0)
+        most = 0;
+    else if (strcmp(cmd, "trigger") == 0 || strcmp(cmd, "pause") == 0 || strcmp(cmd, "resume") == 0)
+        most = 1;
+    else if (strcmp(cmd, "history") == 0)
+        most = 2;
+    if (most >= 0 && given > most)
+        return error_reply(most == 0   ? "'%s' takes no arguments"
+                           : most == 1 ? "'%s' takes one argument: a task name"
+                                       : "'%s' takes a task name and an optional limit",
+                           cmd);
     /* ping never waits on the database: it must answer while Postgres is
      * down; "db" is the leader loop's latest view. */
     if (strcmp(cmd, "ping") == 0)

@@ -11,11 +11,14 @@
  * Everything else goes to opts.handler, or 404 without one.
  *
  * Bounds: one internal polling thread (epoll/poll), at most
- * BTL_HTTP_MAX_CONNS connections, BTL_HTTP_TIMEOUT_S idle timeout per
+ * BTL_HTTP_MAX_CONNS connections (fewer if RLIMIT_NOFILE is lower) and
+ * BTL_HTTP_MAX_CONNS_PER_IP from one client address, so one client holding
+ * idle connections cannot lock out probes and scrapers from elsewhere;
+ * BTL_HTTP_TIMEOUT_S idle timeout per
  * connection, request line + headers within BTL_HTTP_CONN_MEMORY bytes
- * (MHD answers 414/431 beyond), request body within max_body (413, sent
- * before the body is read when Content-Length announces it; a chunked body
- * is discarded as it arrives), response body within BTL_HTTP_MAX_RESP.
+ * (MHD answers 414/431 beyond), no NUL byte in a decoded query argument (400), request body within
+ * max_body (413, sent before the body is read when Content-Length announces it; a chunked body is
+ * discarded as it arrives), response body within BTL_HTTP_MAX_RESP.
  *
  * Every request is counted in btl_http_requests_total{route,code} and timed
  * in btl_http_request_duration_seconds{route} of opts.metrics (if set). */
@@ -29,7 +32,8 @@
 #include "btl/metrics.h"
 #include "btl/util.h"
 
-#define BTL_HTTP_MAX_CONNS 256
+#define BTL_HTTP_MAX_CONNS 1024
+#define BTL_HTTP_MAX_CONNS_PER_IP 64
 #define BTL_HTTP_TIMEOUT_S 10
 #define BTL_HTTP_CONN_MEMORY (64 * 1024)
 #define BTL_HTTP_DEFAULT_MAX_BODY ((size_t)1 << 20)
