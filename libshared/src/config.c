@@ -1080,7 +1080,8 @@ static const struct key_desc task_tab[] = {
     INT(btl_task_cfg, "iterations", iterations, 1, 1000, "1"),
     ENUMSTR(btl_task_cfg, "platform", platform, platform_names, NULL, 0),
     STR(btl_task_cfg, "job", job, NULL, check_job),
-    INT(btl_task_cfg, "fanout", fanout, 1, 100000, "1"),
+    INT(btl_task_cfg, "fanout", fanout, 1, 10000,
+        "1"), /* BTL_JOBS_BATCH_MAX: one enqueue per fire */
     BOOL(btl_task_cfg, "enabled", enabled, "true"),
     MAP("execution", offsetof(btl_task_cfg, execution), execution_tab),
     BLOCK("window", offsetof(btl_task_cfg, window), window_tab, offsetof(btl_window_cfg, set)),

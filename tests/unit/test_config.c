@@ -373,7 +373,7 @@ static void test_values_and_kinds(void **state)
                    "    catchup: none\n"
                    "    enabled: false\n"
                    "    job: \"sleep 1500\"\n"
-                   "    fanout: 100000\n"
+                   "    fanout: 10000\n"
                    "    window: { from: \"22:30\", to: \"06:00\" }\n"
                    "    curation:\n"
                    "      mode: manual\n"
@@ -386,7 +386,7 @@ static void test_values_and_kinds(void **state)
     assert_int_equal(t->catchup, BTL_CATCHUP_NONE);
     assert_false(t->enabled);
     assert_string_equal(t->job, "sleep 1500");
-    assert_int_equal(t->fanout, 100000);
+    assert_int_equal(t->fanout, 10000);
     assert_true(t->window.set);
     assert_int_equal(t->window.from_min, 22 * 60 + 30);
     assert_int_equal(t->window.to_min, 360);
@@ -541,7 +541,10 @@ static void test_out_of_range(void **state)
                  "t.yaml:2:43: providers.llm.budget.multiplier: 1.5 is out of range 0..1");
     expect_error(DB "tasks:\n  t:\n    service: curator\n    schedule: immediate\n"
                     "    fanout: 0\n",
-                 "t.yaml:6:13: tasks.t.fanout: 0 is out of range 1..100000");
+                 "t.yaml:6:13: tasks.t.fanout: 0 is out of range 1..10000");
+    expect_error(DB "tasks:\n  t:\n    service: curator\n    schedule: immediate\n"
+                    "    fanout: 10001\n",
+                 "t.yaml:6:13: tasks.t.fanout: 10001 is out of range 1..10000");
 }
 
 static void test_enums(void **state)

@@ -1,0 +1,174 @@
+#!/usr/bin/env bash
+# Each service's start -> work -> SIGTERM cycle under valgrind memcheck
+# (issue 5). One service at a time runs under valgrind, the other three run
+# natively so the service under test has real work. Not part of `make test`.
+#
+#   scripts/valgrind.sh BUILD_DIR     a Release build (not ASan: the two clash)
+#
+# Per service: exit status, "definitely lost" bytes, error count. Exits 1 if
+# any service has a definite leak, a memcheck error or a non-zero exit.
+set -euo pipefail
+BUILD=$(cd "${1:?usage: scripts/valgrind.sh BUILD_DIR}" && pwd)
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+SERVICES=(scheduler generator curator poster)
+command -v valgrind >/dev/null || { echo "valgrind.sh: valgrind missing" >&2; exit 1; }
+command -v nngcat >/dev/null || { echo "valgrind.sh: nngcat missing" >&2; exit 1; }
+for s in "${SERVICES[@]}"; do
+    [ -x "$BUILD/btl-$s" ] || { echo "valgrind.sh: $BUILD/btl-$s missing" >&2; exit 1; }
+done
+
+T=$(mktemp -d /tmp/btl-vg.XXXXXX)
+chmod 755 "$T"
+declare -A PID=()
+
+cleanup() {
+    local rc=$?
+    set +e
+    for p in "${PID[@]}"; do kill -KILL "$p" 2>/dev/null; done
+    wait 2>/dev/null
+    "$ROOT/scripts/pg.sh" stop "$T/pg" >/dev/null 2>&1
+    rm -rf "$T"
+    exit $rc
+}
+trap cleanup EXIT INT TERM
+
+free_port() {
+    local p
+    for _ in $(seq 1 500); do
+        p=$((10000 + RANDOM % 22000))
+        if ! (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && ! grep -qx "$p" "$T/ports" 2>/dev/null; then
+            echo "$p" >>"$T/ports"; echo "$p"; return
+        fi
+    done
+    echo "no free port" >&2; return 1
+}
+
+DATABASE_URL=$("$ROOT/scripts/pg.sh" start "$T/pg")
+export DATABASE_URL PGCONNECT_TIMEOUT=5
+export BTL_MIGRATIONS="$ROOT/migrations" BTL_LOG=${BTL_LOG:-info}
+PUB_PORT=$(free_port); COLLECT_PORT=$(free_port); CONTROL_PORT=$(free_port)
+declare -A HTTP=()
+for s in "${SERVICES[@]}"; do HTTP[$s]=$(free_port); done
+export PUB_PORT COLLECT_PORT CONTROL_PORT T
+CONTROL_URL="tcp://127.0.0.1:$CONTROL_PORT"
+
+# A noop task per worker: noop jobs run the whole wake -> claim -> complete ->
+# report path; the interval task keeps the scheduler's fire loop busy.
+cat >"$T/btl.yaml" <<'EOF'
+database: { url: "${DATABASE_URL}" }
+bus:
+  publish: "tcp://127.0.0.1:${PUB_PORT}"
+  collect: "tcp://127.0.0.1:${COLLECT_PORT}"
+  control: "tcp://127.0.0.1:${CONTROL_PORT}"
+  connect: tcp://127.0.0.1
+scheduler: { check_interval: 200ms, failover: 10s }
+worker: { concurrency: 2, lease: 60s, poll_fallback: 1s, batch_size: 8 }
+providers:
+  llm: { kind: offline, model: offline }
+platforms:
+  file: { path: "${T}/posts.log" }
+tasks:
+  noop_generator: { service: generator, schedule: "once 2099-01-01T00:00:00Z", job: noop, fanout: 20 }
+  noop_curator:   { service: curator,   schedule: "once 2099-01-01T00:00:00Z", job: noop, fanout: 20 }
+  noop_poster:    { service: poster,    schedule: "once 2099-01-01T00:00:00Z", job: noop, fanout: 20, platform: file }
+  ticking:        { service: generator, schedule: "every 1s", job: noop }
+EOF
+"$BUILD/btl" migrate --config "$T/btl.yaml" >/dev/null
+
+sql() { psql "$DATABASE_URL" -qAtX -v ON_ERROR_STOP=1 -c "$1"; }
+http_ok() { curl -fsS -o /dev/null --max-time 2 "http://127.0.0.1:$1$2"; }
+
+# wait_for SECONDS CMD...: poll CMD until it succeeds or the deadline.
+wait_for() {
+    local secs=$1; shift
+    local deadline=$(($(date +%s) + secs))
+    while (($(date +%s) < deadline)); do
+        "$@" >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+# launch S [valgrind]: S in the background, under memcheck if asked.
+launch() {
+    local s=$1 vg=${2:-}
+    local cmd=("$BUILD/btl-$s" --config "$T/btl.yaml" --http "127.0.0.1:${HTTP[$s]}" --instance "$s-vg")
+    if [ -n "$vg" ]; then
+        cmd=(valgrind --leak-check=full --errors-for-leak-kinds=definite --error-exitcode=3
+            --log-file="$T/vg-$s.txt" "${cmd[@]}")
+    fi
+    "${cmd[@]}" >>"$T/$s.log" 2>&1 &
+    PID[$s]=$!
+}
+
+# stop S: SIGTERM, wait up to 60 s (valgrind is slow to exit), else SIGKILL;
+# sets STATUS to the exit status or "timeout".
+stop() {
+    local s=$1 p
+    p=${PID[$s]}
+    kill -TERM "$p" 2>/dev/null || true
+    for _ in $(seq 1 600); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$p" 2>/dev/null; then
+        kill -KILL "$p" 2>/dev/null || true
+        wait "$p" 2>/dev/null || true
+        STATUS=timeout
+    else
+        STATUS=0
+        wait "$p" 2>/dev/null || STATUS=$?
+    fi
+    unset "PID[$s]"
+}
+
+# trigger TASK: fire it, wait for its executions row (60 s deadline under valgrind).
+trigger() {
+    local reply id
+    reply=$(nngcat --req --dial "$CONTROL_URL" --data "trigger $1" --ascii --recv-timeout 10 2>/dev/null) || return 1
+    id=$(sed -n 's/.*"run_id":\([0-9]*\).*/\1/p' <<<"$reply")
+    [ -n "$id" ] || { echo "trigger $1: $reply" >&2; return 1; }
+    wait_for 60 bash -c "[ \"\$(psql '$DATABASE_URL' -qAtX -c \"SELECT coalesce(sum(items_ok),0) FROM executions WHERE run_id = $id AND success\")\" -ge 20 ]"
+}
+
+declare -A RES=()
+bad=0
+for target in "${SERVICES[@]}"; do
+    : >"$T/vg-$target.txt"
+    for s in "${SERVICES[@]}"; do
+        if [ "$s" = "$target" ]; then launch "$s" vg; else launch "$s"; fi
+        # Workers need the scheduler for ready, so start it first and wait.
+        [ "$s" = scheduler ] && { wait_for 120 http_ok "${HTTP[scheduler]}" /health/ready || true; }
+    done
+    work=ok
+    for s in "${SERVICES[@]}"; do wait_for 120 http_ok "${HTTP[$s]}" /health/ready || work="not ready: $s"; done
+    if [ "$work" = ok ]; then
+        for task in noop_generator noop_curator noop_poster; do
+            trigger "$task" || { work="no executions row: $task"; break; }
+        done
+    fi
+    # Exercise the control path and a reload too while the target runs.
+    nngcat --req --dial "$CONTROL_URL" --data reload --ascii --recv-timeout 10 >/dev/null 2>&1 || true
+    sleep 2
+    # The target first, so its SIGTERM path runs with its peers still up.
+    stop "$target"
+    st=$STATUS
+    for s in "${SERVICES[@]}"; do [ -n "${PID[$s]:-}" ] && stop "$s"; done
+    lost=$(sed -n 's/.*definitely lost: \([0-9,]*\) bytes.*/\1/p' "$T/vg-$target.txt" | tail -1 | tr -d ,)
+    errs=$(sed -n 's/.*ERROR SUMMARY: \([0-9,]*\) errors.*/\1/p' "$T/vg-$target.txt" | tail -1 | tr -d ,)
+    # No "definitely lost" line means memcheck found no leaks at all.
+    grep -q 'All heap blocks were freed' "$T/vg-$target.txt" && lost=${lost:-0}
+    : "${lost:=?}" "${errs:=?}"
+    RES[$target]="| btl-$target | $st | $lost | $errs | $work |"
+    if [ "$st" != 0 ] || [ "$lost" != 0 ] || [ "$errs" != 0 ] || [ "$work" != ok ]; then
+        bad=1
+        echo "---- btl-$target: memcheck report" >&2
+        grep -E '^==[0-9]+== ' "$T/vg-$target.txt" | tail -60 >&2
+    fi
+done
+
+echo "## Valgrind"
+echo
+echo "$(valgrind --version), $(nproc) CPUs, build $BUILD; flags: --leak-check=full --errors-for-leak-kinds=definite --error-exitcode=3"
+echo
+echo "| service | exit status | definitely lost (bytes) | errors | work |"
+echo "|---|---|---|---|---|"
+for s in "${SERVICES[@]}"; do echo "${RES[$s]}"; done
+exit $bad
