@@ -28,8 +28,13 @@ test-build: deps
 test: test-build
 	@cd $(TEST_BUILD) && ctest --output-on-failure --timeout 900 -j$(JOBS)
 
+# Benchmarks on the Release build, in sequence (docs/PERFORMANCE.md):
+# queue (vs pg-boss, graphile-worker, pgbench), pipeline, LLM cost, footprint.
 bench: build
 	@bash bench/queue/run.sh $(BUILD)
+	@bash bench/pipeline.sh $(BUILD)
+	@bash bench/cost.sh $(BUILD)
+	@bash bench/footprint.sh $(BUILD)
 
 # libFuzzer targets (clang), FUZZ_SECONDS per target; see docs/RELIABILITY.md.
 FUZZ_SECONDS ?= 60

@@ -1,17 +1,24 @@
 #!/usr/bin/env bash
 # Queue benchmark: Botticelli's job queue next to pg-boss and graphile-worker
-# on the same private PostgreSQL cluster, a fresh database per run.
+# on the same private PostgreSQL cluster, a fresh database per run, with
+# pgbench on the same cluster as the ceiling (one job per transaction).
 #
 #   bash bench/queue/run.sh BUILD_DIR      (`make bench` passes ./build, a Release build)
 #
 # Environment knobs (defaults are what docs/PERFORMANCE.md reports):
-#   BENCH_JOBS=20000        jobs per throughput run (same N for everyone)
+#   BENCH_JOBS=20000        jobs per throughput run (botticelli, graphile-worker,
+#                           pgbench; pg-boss: see BENCH_PGBOSS_ROUNDS)
 #   BENCH_REPEATS=3         throughput runs per setting (median reported);
 #                           pg-boss runs once (its rate is set by its poll timer)
+#   BENCH_BATCHES="1 10 100"  claim batch sizes (ours and pg-boss batchSize)
+#   BENCH_PGBOSS_ROUNDS=20  pg-boss jobs per run = min(BENCH_JOBS, batch x workers
+#                           x rounds): a loop fetches at most one batch per 0.5 s
+#                           poll, so 20 rounds keep every pg-boss run near 10 s
 #   BENCH_SAMPLES=2000      pickup-latency samples (botticelli, graphile-worker)
 #   BENCH_PGBOSS_SAMPLES=200  pg-boss latency samples (each waits for a poll)
 #   BENCH_LAT_RUNS=3        latency runs (botticelli, graphile-worker), each reported
 #   BENCH_PEERS=1           0 = skip the npm peers
+#   BENCH_PGBENCH=1         0 = skip the pgbench ceiling
 # Prints a markdown report and writes it to bench/queue/results/latest.md.
 set -euo pipefail
 
@@ -26,9 +33,12 @@ SAMPLES=${BENCH_SAMPLES:-2000}
 PGBOSS_SAMPLES=${BENCH_PGBOSS_SAMPLES:-200}
 LAT_RUNS=${BENCH_LAT_RUNS:-3}
 PEERS=${BENCH_PEERS:-1}
+PGBENCH=${BENCH_PGBENCH:-1}
+BATCHES=${BENCH_BATCHES:-"1 10 100"}
+PGBOSS_ROUNDS=${BENCH_PGBOSS_ROUNDS:-20}
 WORKERS="1 2 4"
-BATCH=100          # our claim limit, and pg-boss batchSize, in the main table
-BATCH_DEFAULT=16   # worker.batch_size default, reported as a second row
+BATCH_DEFAULT=16   # worker.batch_size default, reported as an extra row
+PGBOSS_BEST=1000   # pg-boss batchSize that gave its best rate, an extra row
 GAP_MS=5           # random 0..GAP_MS ms between latency samples
 PGBOSS_GAP_MS=500  # one poll period: arrivals land at a random point of it
 
@@ -91,18 +101,19 @@ median_of() { # stdin numbers → median
     sort -g | awk '{a[NR]=$1} END {if (NR==0) print "n/a"; else if (NR%2) print a[(NR+1)/2]; else printf "%.0f\n", (a[NR/2]+a[NR/2+1])/2}'
 }
 
-tp_median() { # tp_median IMPL WORKERS BATCH: median jobs/s, "n/a" if none
-    awk -v impl="impl=$1 " -v wb=" workers=$2 batch=$3 " '
-        index($0, impl) && index($0, "mode=throughput") && index($0, wb) {
+tp_median() { # tp_median IMPL WORKERS BATCH [TEXT]: median jobs/s, "n/a" if none
+    awk -v impl="impl=$1 " -v wb=" workers=$2 batch=$3 " -v extra="${4:-}" '
+        index($0, impl) && index($0, "mode=throughput") && index($0, wb) && index($0, extra) {
             for (i = 1; i <= NF; i++) if ($i ~ /^jobs_per_s=/) print substr($i, 12)
         }' "$raw" | median_of
 }
 
 mig="$root/migrations"
 started=$(date +%s)
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 echo "== botticelli throughput (N=$JOBS, repeats $REPEATS)" >&2
 for w in $WORKERS; do
-    for b in $BATCH $BATCH_DEFAULT; do
+    for b in $BATCHES $BATCH_DEFAULT; do
         for _ in $(seq "$REPEATS"); do
             run_one "$bin" throughput --url @URL@ --migrations "$mig" --jobs "$JOBS" --workers "$w" --batch "$b"
         done
@@ -125,19 +136,53 @@ if [ "$PEERS" = 1 ]; then
     done
     echo "== pg-boss" >&2
     for w in $WORKERS; do
-        run_one node "$here/pgboss.mjs" throughput @URL@ "$JOBS" "$w" $BATCH
-        run_one node "$here/pgboss.mjs" throughput @URL@ "$JOBS" "$w" 1000
+        for b in $BATCHES $PGBOSS_BEST; do
+            n=$((b * w * PGBOSS_ROUNDS))
+            [ "$n" -le "$JOBS" ] || n=$JOBS
+            run_one node "$here/pgboss.mjs" throughput @URL@ "$n" "$w" "$b"
+        done
     done
     run_one node "$here/pgboss.mjs" latency @URL@ "$PGBOSS_SAMPLES" $PGBOSS_GAP_MS
 fi
+
+# ---- pgbench ceiling: the same schema, N queued jobs, one job per transaction
+pgbench_one() { # pgbench_one SCRIPT CLIENTS
+    local db script=$1 c=$2 out tps left
+    db=$(fresh_db)
+    for f in "$mig"/*.up.sql; do psql "$db" -qAtX -v ON_ERROR_STOP=1 -f "$f" >/dev/null; done
+    psql "$db" -qAtX -v ON_ERROR_STOP=1 -c "INSERT INTO jobs (queue, kind, task_id, payload)
+        SELECT 'generator', 'op', 'bench', '{\"op\":\"noop\"}' FROM generate_series(1, $JOBS)" \
+        -c "VACUUM ANALYZE jobs" >/dev/null
+    out=$(pgbench -n -M prepared -c "$c" -j "$c" -t $((JOBS / c)) -f "$here/$script" "$db" 2>&1) || {
+        echo "run.sh: pgbench failed: $out" >&2
+        exit 1
+    }
+    tps=$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time).*/\1/p' <<<"$out")
+    left=$(psql "$db" -qAtX -c "SELECT count(*) FILTER (WHERE status <> 'done') FROM jobs")
+    [ "$left" = "$((JOBS - JOBS / c * c))" ] || { echo "run.sh: pgbench left $left jobs not done" >&2; exit 1; }
+    echo "RESULT impl=pgbench mode=throughput script=${script%.sql} jobs=$((JOBS / c * c)) workers=$c batch=1 jobs_per_s=${tps%.*}" |
+        tee -a "$raw" >&2
+    drop_db "$db"
+}
+if [ "$PGBENCH" = 1 ]; then
+    command -v pgbench >/dev/null || { echo "run.sh: pgbench not found (or set BENCH_PGBENCH=0)" >&2; exit 1; }
+    echo "== pgbench ceiling" >&2
+    for w in $WORKERS; do
+        for _ in $(seq "$REPEATS"); do
+            pgbench_one pgbench_claim1.sql "$w"
+            pgbench_one pgbench_claim2.sql "$w"
+        done
+    done
+fi
 elapsed=$(($(date +%s) - started))
+load_end=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---- report ------------------------------------------------------------------
 pgver=$(psql "$base/postgres" -qAtX -c "SHOW server_version")
 pgset=$(psql "$base/postgres" -qAtX -F= -c "SELECT name, setting FROM pg_settings WHERE name IN
     ('fsync','synchronous_commit','shared_buffers','max_connections','wal_level') ORDER BY name" | tr '\n' ' ')
 cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 > 0 && a + 0 > 0) printf "%.1f×", a / b; else print "n/a" }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 > 0 && a + 0 > 0) printf (a / b >= 100 ? "%.0f×" : a / b >= 10 ? "%.1f×" : "%.2f×"), a / b; else print "n/a" }'; }
 lat() { grep "impl=$1 mode=latency" "$raw" || true; }
 
 report() {
@@ -150,26 +195,70 @@ report() {
     echo "- jobs per throughput run: $JOBS noop jobs, all enqueued before the drain, then VACUUM ANALYZE;"
     echo "  median of $REPEATS runs (pg-boss: 1 run); a fresh database per run"
     echo
+    echo "- load average (1/5/15 min) at start: $load_start; at end: $load_end"
+    echo
     echo "## Throughput (jobs/s, first pickup → last job marked done)"
     echo
-    echo "| workers | botticelli B=$BATCH | botticelli B=$BATCH_DEFAULT | graphile-worker (1 job/fetch) | pg-boss B=$BATCH | pg-boss B=1000 | botticelli ÷ graphile | botticelli ÷ pg-boss B=$BATCH | botticelli ÷ pg-boss B=1000 | B=$BATCH_DEFAULT ÷ graphile | B=$BATCH_DEFAULT ÷ pg-boss B=1000 |"
-    echo "|---|---|---|---|---|---|---|---|---|---|---|"
+    echo "Same claim batch size B for botticelli (claim limit) and pg-boss (batchSize);"
+    echo "graphile-worker 0.16 has no batch setting (one job per fetch and per complete),"
+    echo "so its one figure per worker count stands in every B row."
+    echo
+    echo "| workers | B | botticelli | pg-boss B | graphile-worker | botticelli ÷ pg-boss | botticelli ÷ graphile |"
+    echo "|---|---|---|---|---|---|---|"
+    local w b bt p g
     for w in $WORKERS; do
-        local b1 b2 g p1 p2
-        b1=$(tp_median botticelli "$w" $BATCH)
-        b2=$(tp_median botticelli "$w" $BATCH_DEFAULT)
+        for b in $BATCHES; do
+            bt=$(tp_median botticelli "$w" "$b")
+            p=$(tp_median pg-boss "$w" "$b")
+            g=$(tp_median graphile-worker "$w" 1)
+            echo "| $w | $b | $bt | $p | $g | $(ratio "$bt" "$p") | $(ratio "$bt" "$g") |"
+        done
+    done
+    echo
+    echo "Extra settings: the shipped default worker.batch_size ($BATCH_DEFAULT) and pg-boss's best batchSize ($PGBOSS_BEST):"
+    echo
+    echo "| workers | botticelli B=$BATCH_DEFAULT | botticelli B=100 | pg-boss B=$PGBOSS_BEST | B=$BATCH_DEFAULT ÷ pg-boss B=$PGBOSS_BEST | B=100 ÷ pg-boss B=$PGBOSS_BEST | B=$BATCH_DEFAULT ÷ graphile |"
+    echo "|---|---|---|---|---|---|---|"
+    local d h pb
+    for w in $WORKERS; do
+        d=$(tp_median botticelli "$w" $BATCH_DEFAULT)
+        h=$(tp_median botticelli "$w" 100)
+        pb=$(tp_median pg-boss "$w" $PGBOSS_BEST)
         g=$(tp_median graphile-worker "$w" 1)
-        p1=$(tp_median pg-boss "$w" $BATCH)
-        p2=$(tp_median pg-boss "$w" 1000)
-        echo "| $w | $b1 | $b2 | $g | $p1 | $p2 | $(ratio "$b1" "$g") | $(ratio "$b1" "$p1") | $(ratio "$b1" "$p2") | $(ratio "$b2" "$g") | $(ratio "$b2" "$p2") |"
+        echo "| $w | $d | $h | $pb | $(ratio "$d" "$pb") | $(ratio "$h" "$pb") | $(ratio "$d" "$g") |"
     done
     echo
     echo "Settings: botticelli = W threads, one connection each, btl_jobs_claim(limit B, lease 60 s) +"
-    echo "btl_jobs_complete (one statement per batch), noop handler. graphile-worker = one runner,"
-    echo "concurrency W, pollInterval 2000 ms, one job per fetch/complete (0.16 has no batching)."
+    echo "btl_jobs_complete (one statement per batch), noop handler; N=$JOBS. graphile-worker = one runner,"
+    echo "concurrency W, pollInterval 2000 ms, one job per fetch/complete (0.16 has no batching); N=$JOBS."
     echo "pg-boss = W work() loops in one process, batchSize B, pollingIntervalSeconds 0.5 (its minimum;"
-    echo "a loop waits for the interval after every fetch, even a full one), pool max 10."
+    echo "a loop waits for the interval after every fetch, even a full one), pool max 10;"
+    echo "N = min($JOBS, B × W × $PGBOSS_ROUNDS) so each run is about $PGBOSS_ROUNDS fetch rounds (the clock"
+    echo "starts at the first pickup, so one of the rounds' poll waits is not timed: pg-boss's rate is"
+    echo "flattered by up to $PGBOSS_ROUNDS/$((PGBOSS_ROUNDS - 1)))."
     echo
+    if [ "$PGBENCH" = 1 ]; then
+        echo "## Ceiling: pgbench on the same cluster (one job per transaction)"
+        echo
+        echo "pgbench -n -M prepared -c W -j W -t N/W over N=$JOBS queued jobs in our jobs table (the shipped"
+        echo "migrations, jobs_claim_order_idx). claim1 = bench/queue/pgbench_claim1.sql: ONE statement per"
+        echo "job, UPDATE ... SET status = 'done' WHERE id = (SELECT id ... ORDER BY priority DESC,"
+        echo "run_after, id LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING id. claim2 = pgbench_claim2.sql:"
+        echo "our two statements at B=1 (claim with lease ... RETURNING, then complete). Median of $REPEATS."
+        echo
+        echo "| clients = workers | pgbench claim1 | pgbench claim2 | botticelli B=1 | B=1 ÷ claim2 | B=1 ÷ claim1 | botticelli B=10 ÷ claim1 | botticelli B=100 ÷ claim1 |"
+        echo "|---|---|---|---|---|---|---|---|"
+        local c1 c2 b1 b10 b100
+        for w in $WORKERS; do
+            c1=$(tp_median pgbench "$w" 1 "script=pgbench_claim1 ")
+            c2=$(tp_median pgbench "$w" 1 "script=pgbench_claim2 ")
+            b1=$(tp_median botticelli "$w" 1)
+            b10=$(tp_median botticelli "$w" 10)
+            b100=$(tp_median botticelli "$w" 100)
+            echo "| $w | $c1 | $c2 | $b1 | $(ratio "$b1" "$c2") | $(ratio "$b1" "$c1") | $(ratio "$b10" "$c1") | $(ratio "$b100" "$c1") |"
+        done
+        echo
+    fi
     echo "## Pickup latency (ms, 1 worker idle on an empty queue, one job at a time)"
     echo
     echo "| system | wake-up | samples | gap | p50 | p90 | p99 | max |"
