@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Each service's start -> work -> SIGTERM cycle under valgrind memcheck
-# (issue 5). One service at a time runs under valgrind, the other three run
-# natively so the service under test has real work. Not part of `make test`.
+# Each service's start -> work -> SIGTERM cycle under valgrind memcheck.
+# One service at a time runs under valgrind, the other three run natively so
+# the service under test has real work: a carousel generation run against the
+# OpenAI-compatible fake LLM, a curation run scored by it, a post published
+# to the fake Discord (libcurl, jansson and the platform code all run), noop
+# jobs for every worker, a reload. Not part of `make test`.
 #
 #   scripts/valgrind.sh BUILD_DIR     a Release build (not ASan: the two clash)
 #
@@ -13,8 +16,8 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SERVICES=(scheduler generator curator poster)
 command -v valgrind >/dev/null || { echo "valgrind.sh: valgrind missing" >&2; exit 1; }
 command -v nngcat >/dev/null || { echo "valgrind.sh: nngcat missing" >&2; exit 1; }
-for s in "${SERVICES[@]}"; do
-    [ -x "$BUILD/btl-$s" ] || { echo "valgrind.sh: $BUILD/btl-$s missing" >&2; exit 1; }
+for b in btl-scheduler btl-generator btl-curator btl-poster btl fake_llm fake_discord; do
+    [ -x "$BUILD/$b" ] || { echo "valgrind.sh: $BUILD/$b missing" >&2; exit 1; }
 done
 
 T=$(mktemp -d /tmp/btl-vg.XXXXXX)
@@ -27,7 +30,7 @@ cleanup() {
     for p in "${PID[@]}"; do kill -KILL "$p" 2>/dev/null; done
     wait 2>/dev/null
     "$ROOT/scripts/pg.sh" stop "$T/pg" >/dev/null 2>&1
-    rm -rf "$T"
+    [ -n "${VG_KEEP:-}" ] && echo "valgrind.sh: kept $T" >&2 || rm -rf "$T"
     exit $rc
 }
 trap cleanup EXIT INT TERM
@@ -47,13 +50,16 @@ DATABASE_URL=$("$ROOT/scripts/pg.sh" start "$T/pg")
 export DATABASE_URL PGCONNECT_TIMEOUT=5
 export BTL_MIGRATIONS="$ROOT/migrations" BTL_LOG=${BTL_LOG:-info}
 PUB_PORT=$(free_port); COLLECT_PORT=$(free_port); CONTROL_PORT=$(free_port)
+LLM_PORT=$(free_port); DISCORD_PORT=$(free_port)
+export LLM_API_KEY=vg-llm-key DISCORD_TOKEN=vg-discord-token POSTING_CHANNEL_ID=112233445566778899
+export CAROUSEL="$ROOT/config/narratives/generation_carousel.yaml" LLM_PORT DISCORD_PORT
 declare -A HTTP=()
 for s in "${SERVICES[@]}"; do HTTP[$s]=$(free_port); done
 export PUB_PORT COLLECT_PORT CONTROL_PORT T
 CONTROL_URL="tcp://127.0.0.1:$CONTROL_PORT"
 
-# A noop task per worker: noop jobs run the whole wake -> claim -> complete ->
-# report path; the interval task keeps the scheduler's fire loop busy.
+# The pipeline's three tasks, a noop task per worker (the wake -> claim ->
+# complete -> report path) and an interval task for the fire loop.
 cat >"$T/btl.yaml" <<'EOF'
 database: { url: "${DATABASE_URL}" }
 bus:
@@ -61,18 +67,29 @@ bus:
   collect: "tcp://127.0.0.1:${COLLECT_PORT}"
   control: "tcp://127.0.0.1:${CONTROL_PORT}"
   connect: tcp://127.0.0.1
-scheduler: { check_interval: 200ms, failover: 10s }
+scheduler: { check_interval: 200ms, failover: 10s, max_consecutive_failures: 1000 }
 worker: { concurrency: 2, lease: 60s, poll_fallback: 1s, batch_size: 8 }
 providers:
-  llm: { kind: offline, model: offline }
+  llm: { kind: openai, base_url: "http://127.0.0.1:${LLM_PORT}/v1", model: fake-model, api_key_env: LLM_API_KEY, timeout: 30s }
 platforms:
-  file: { path: "${T}/posts.log" }
+  discord: { api_base: "http://127.0.0.1:${DISCORD_PORT}/api/v10", token_env: DISCORD_TOKEN, channel_id: "${POSTING_CHANNEL_ID}" }
 tasks:
+  generation: { service: generator, schedule: "once 2099-01-01T00:00:00Z", narrative: "${CAROUSEL}", iterations: 1 }
+  curation:
+    service: curator
+    schedule: "once 2099-01-01T00:00:00Z"
+    execution: { strategy: drain_queue }
+    curation: { mode: auto, select_top: 2, min_score: 1, batch_size: 5, on_event: false }
+  posting: { service: poster, schedule: "once 2099-01-01T00:00:00Z", platform: discord }
   noop_generator: { service: generator, schedule: "once 2099-01-01T00:00:00Z", job: noop, fanout: 20 }
   noop_curator:   { service: curator,   schedule: "once 2099-01-01T00:00:00Z", job: noop, fanout: 20 }
-  noop_poster:    { service: poster,    schedule: "once 2099-01-01T00:00:00Z", job: noop, fanout: 20, platform: file }
+  noop_poster:    { service: poster,    schedule: "once 2099-01-01T00:00:00Z", job: noop, fanout: 20, platform: discord }
   ticking:        { service: generator, schedule: "every 1s", job: noop }
 EOF
+"$BUILD/fake_llm" --port "$LLM_PORT" >"$T/fake_llm.log" 2>&1 &
+PID[fake_llm]=$!
+"$BUILD/fake_discord" --port "$DISCORD_PORT" --record "$T/discord.jsonl" --token "$DISCORD_TOKEN" >"$T/fake_discord.log" 2>&1 &
+PID[fake_discord]=$!
 "$BUILD/btl" migrate --config "$T/btl.yaml" >/dev/null
 
 sql() { psql "$DATABASE_URL" -qAtX -v ON_ERROR_STOP=1 -c "$1"; }
@@ -119,18 +136,20 @@ stop() {
     unset "PID[$s]"
 }
 
-# trigger TASK: fire it, wait for its executions row (60 s deadline under valgrind).
+# trigger TASK MIN_OK: fire it, wait (60 s: valgrind is slow) for its run's
+# successful executions to hold at least MIN_OK items.
 trigger() {
     local reply id
     reply=$(nngcat --req --dial "$CONTROL_URL" --data "trigger $1" --ascii --recv-timeout 10 2>/dev/null) || return 1
     id=$(sed -n 's/.*"run_id":\([0-9]*\).*/\1/p' <<<"$reply")
     [ -n "$id" ] || { echo "trigger $1: $reply" >&2; return 1; }
-    wait_for 60 bash -c "[ \"\$(psql '$DATABASE_URL' -qAtX -c \"SELECT coalesce(sum(items_ok),0) FROM executions WHERE run_id = $id AND success\")\" -ge 20 ]"
+    wait_for 60 bash -c "[ \"\$(psql '$DATABASE_URL' -qAtX -c \"SELECT coalesce(sum(items_ok),0) FROM executions WHERE run_id = $id AND success\")\" -ge $2 ]"
 }
+posted() { sql "SELECT count(*) FROM posts WHERE status = 'posted'"; }
 
 declare -A RES=()
 bad=0
-for target in "${SERVICES[@]}"; do
+for target in ${VG_TARGETS:-${SERVICES[*]}}; do
     : >"$T/vg-$target.txt"
     for s in "${SERVICES[@]}"; do
         if [ "$s" = "$target" ]; then launch "$s" vg; else launch "$s"; fi
@@ -141,8 +160,15 @@ for target in "${SERVICES[@]}"; do
     for s in "${SERVICES[@]}"; do wait_for 120 http_ok "${HTTP[$s]}" /health/ready || work="not ready: $s"; done
     if [ "$work" = ok ]; then
         for task in noop_generator noop_curator noop_poster; do
-            trigger "$task" || { work="no executions row: $task"; break; }
+            trigger "$task" 20 || { work="noop jobs not done: $task"; break; }
         done
+    fi
+    if [ "$work" = ok ]; then
+        before=$(posted)
+        if ! trigger generation 1; then work="generation produced nothing"
+        elif ! trigger curation 1; then work="curation approved nothing"
+        elif ! trigger posting 1 || [ "$(posted)" -le "$before" ]; then work="nothing posted"
+        fi
     fi
     # Exercise the control path and a reload too while the target runs.
     nngcat --req --dial "$CONTROL_URL" --data reload --ascii --recv-timeout 10 >/dev/null 2>&1 || true
@@ -151,6 +177,9 @@ for target in "${SERVICES[@]}"; do
     stop "$target"
     st=$STATUS
     for s in "${SERVICES[@]}"; do [ -n "${PID[$s]:-}" ] && stop "$s"; done
+    # The fake LLM repeats its texts: without this the next cycle's posts
+    # would be duplicates, skipped before the curator and poster see them.
+    sql "DELETE FROM posts"
     lost=$(sed -n 's/.*definitely lost: \([0-9,]*\) bytes.*/\1/p' "$T/vg-$target.txt" | tail -1 | tr -d ,)
     errs=$(sed -n 's/.*ERROR SUMMARY: \([0-9,]*\) errors.*/\1/p' "$T/vg-$target.txt" | tail -1 | tr -d ,)
     # No "definitely lost" line means memcheck found no leaks at all.
@@ -170,5 +199,5 @@ echo "$(valgrind --version), $(nproc) CPUs, build $BUILD; flags: --leak-check=fu
 echo
 echo "| service | exit status | definitely lost (bytes) | errors | work |"
 echo "|---|---|---|---|---|"
-for s in "${SERVICES[@]}"; do echo "${RES[$s]}"; done
+for s in ${VG_TARGETS:-${SERVICES[*]}}; do echo "${RES[$s]}"; done
 exit $bad
