@@ -256,9 +256,20 @@ struct windows {
     int64_t ms_to_next_minute, ms_to_next_day;
 };
 
-static void compute_windows(struct windows *w)
+/* Windows follow the database's clock, so replicas on hosts whose clocks
+ * disagree still count into the same minute and day rows; the local clock
+ * is the fallback when the query fails (the reservation then reports it). */
+static void compute_windows(btl_db *db, struct windows *w)
 {
     int64_t now = btl_now_ms();
+    PGresult *r = NULL;
+    if (db != NULL &&
+        btl_db_query(db, "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint", 0, NULL,
+                     &r) == 0) {
+        if (PQntuples(r) == 1)
+            now = btl_db_get_i64(r, 0, 0);
+        PQclear(r);
+    }
     int64_t m0 = now - now % 60000, d0 = now - now % 86400000;
     btl_format_iso8601(m0, w->minute, sizeof w->minute);
     btl_format_iso8601(d0, w->day, sizeof w->day);
@@ -838,7 +849,7 @@ int btl_llm_complete(btl_llm *llm, btl_db *db, const btl_llm_request *req, btl_l
             goto out;
         }
         struct windows w;
-        compute_windows(&w);
+        compute_windows(db, &w);
         if (db) {
             int64_t ra = 0;
             rc = budget_reserve(llm, db, model, &w, &ra, err, errlen);
