@@ -4,7 +4,8 @@
 //
 // Env: DASH_URL (page), DASH_TASKS (comma list that must show), DASH_PAUSE
 // (task to pause), DASH_TRIGGER (task to trigger), DASH_POST (pending post
-// id to approve), BTL_JWT_SECRET (to mint the operator token), DASH_PROFILE
+// id to approve), DASH_REJECT (pending post id to reject, with the reason
+// "off-topic this week" typed into the prompt), BTL_JWT_SECRET (to mint the operator token), DASH_PROFILE
 // (fresh user-data-dir), DASH_SHOT (screenshot path), DASH_MODULES
 // (node_modules holding playwright-core).
 import { createHmac } from 'node:crypto';
@@ -25,6 +26,7 @@ const tasks = env('DASH_TASKS').split(',');
 const pauseTask = env('DASH_PAUSE');
 const triggerTask = env('DASH_TRIGGER');
 const postId = env('DASH_POST');
+const rejectId = env('DASH_REJECT');
 const secret = env('BTL_JWT_SECRET');
 const profile = env('DASH_PROFILE');
 const shot = env('DASH_SHOT');
@@ -126,6 +128,11 @@ try {
   step = `approve post ${postId}`;
   await page.locator(`#pending tr[data-post="${postId}"] button[data-action="approve"]`).click();
   await page.locator(`#pending tr[data-post="${postId}"]`).waitFor({ state: 'detached' });
+
+  step = `reject post ${rejectId} with a reason`;
+  page.once('dialog', (d) => d.accept('off-topic this week'));
+  await page.locator(`#pending tr[data-post="${rejectId}"] button[data-action="reject"]`).click();
+  await page.locator(`#pending tr[data-post="${rejectId}"]`).waitFor({ state: 'detached' });
 
   step = 'the manual execution appears (auto-refresh)';
   await page.locator('#executions tbody tr td').filter({ hasText: 'manual' }).first()

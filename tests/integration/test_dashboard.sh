@@ -3,7 +3,8 @@
 # headless Debian chromium driven by playwright-core loads it, sees the
 # configured tasks, is refused a pause without a token and with a readonly
 # one (visibly: 401, 403), then with an operator token pauses a task (checked
-# in the database), triggers one and approves a pending post. A screenshot
+# in the database), triggers one, approves a pending post and rejects another
+# with a reason typed into the prompt. A screenshot
 # lands in $BTL_BUILD/artifacts/dashboard.png.
 source "$(dirname "$0")/lib.sh"
 
@@ -81,12 +82,13 @@ sql "INSERT INTO posts (content_hash, body, narrative, angle, status, score) VAL
      ('h3', 'Posted one', 'carousel', 'tutorial', 'posted', 80),
      ('h4', 'Rejected one', 'carousel', 'community', 'rejected', 12)"
 post_id=$(sql "SELECT id FROM posts WHERE content_hash = 'h1'")
+reject_id=$(sql "SELECT id FROM posts WHERE content_hash = 'h2'")
 
 rm -f "$BTL_BUILD/artifacts/dashboard.png" "$BTL_BUILD/artifacts/dashboard-failed.png" \
     "$BTL_BUILD/artifacts/dashboard.png.console.txt"
 mkdir -p "$T/profile"
 if DASH_URL="http://127.0.0.1:$HTTP_SCHED/" DASH_TASKS="nightly,posting,ticking" \
-    DASH_PAUSE=nightly DASH_TRIGGER=ticking DASH_POST="$post_id" DASH_PROFILE="$T/profile" \
+    DASH_PAUSE=nightly DASH_TRIGGER=ticking DASH_POST="$post_id" DASH_REJECT="$reject_id" DASH_PROFILE="$T/profile" \
     DASH_SHOT="$BTL_BUILD/artifacts/dashboard.png" DASH_MODULES="$NODE_DIR/node_modules" \
     ASAN_OPTIONS= UBSAN_OPTIONS= timeout 120 node "$BTL_SRC/tests/integration/dashboard.mjs" \
     >"$T/browser.log" 2>&1; then
@@ -103,8 +105,11 @@ check "trigger clicked in the browser ran the task" wait_for "manual run" 20 \
     sql_ge "SELECT count(*) FROM executions WHERE task_id = 'ticking' AND trigger = 'manual'" 1
 check "approve clicked in the browser" wait_for "approved" 10 \
     sql_eq "SELECT status FROM posts WHERE id = ${post_id:-0}" approved
+check "reject clicked in the browser, with the reason typed in" wait_for "rejected" 10 \
+    sql_eq "SELECT status || ':' || reject_reason FROM posts WHERE id = ${reject_id:-0}" \
+    "rejected:off-topic this week"
 check "the unauthenticated click changed nothing else" \
-    sql_eq "SELECT count(*) FROM posts WHERE status = 'pending'" 1
+    sql_eq "SELECT count(*) FROM posts WHERE status = 'pending'" 0
 check "screenshot saved" test -s "$BTL_BUILD/artifacts/dashboard.png"
 
 for s in scheduler generator; do
