@@ -18,6 +18,9 @@
 #include <string.h>
 #include <strings.h>
 
+/* How long a sent message's id is kept for retries of its narrative. */
+#define BOTCMD_SENT_TTL_MS (30LL * 86400 * 1000)
+
 #ifndef BTL_VERSION
 #define BTL_VERSION "0"
 #endif
@@ -603,14 +606,18 @@ static int id_output(json_t *reply, char **out)
     return *out ? 0 : BTL_ENOMEM;
 }
 
-static int cmd_discord_send(const btl_config *cfg, json_t *args, char **out, char *err,
-                            size_t errlen)
+/* With a once key, a message goes out at most once per key: the first
+ * success is kept in state and handed back to a retry; the nonce derived
+ * from the same key lets Discord drop a resend after a crash between the
+ * send and the record (Discord remembers nonces for a few minutes). */
+static int cmd_discord_send(btl_db *db, const btl_config *cfg, const char *once_key, json_t *args,
+                            char **out, char *err, size_t errlen)
 {
     static const char *const cmd = "discord.messages.send";
-    char channel[32], path[96];
+    char channel[32], path[96], nonce[32] = "", key[BTL_STATE_KEY_MAX + 1] = "";
     const char *content;
     json_t *reply = NULL, *body = NULL;
-    char *text = NULL;
+    char *text = NULL, *idjson = NULL;
     int rc;
     if ((rc = arg_snowflake(args, cmd, "channel_id", channel, sizeof channel, err, errlen)) != 0 ||
         (rc = arg_str(args, cmd, "content", true, &content, err, errlen)) != 0)
@@ -619,18 +626,56 @@ static int cmd_discord_send(const btl_config *cfg, json_t *args, char **out, cha
     if (cp == 0 || cp > DISCORD_MAX_CONTENT)
         return failf(err, errlen, BTL_EINVAL, "%s: content must be 1..%d characters, has %zu", cmd,
                      DISCORD_MAX_CONTENT, cp);
+    if (once_key != NULL && once_key[0] != '\0') {
+        uint64_t h = btl_fnv1a64(BTL_FNV1A64_INIT, once_key);
+        btl_snprintf(nonce, sizeof nonce, "btl-m%016llx", (unsigned long long)h);
+        if (db != NULL) {
+            btl_snprintf(key, sizeof key, "discord.messages.sent.%016llx", (unsigned long long)h);
+            char *known = NULL;
+            if (btl_state_get(db, key, &known) == 0) {
+                btl_buf o;
+                btl_buf_init(&o, 256);
+                rc = btl_buf_printf(&o, "{\"id\":%s,\"existing\":true}", known);
+                free(known);
+                if (rc != 0) {
+                    btl_buf_free(&o);
+                    return failf(err, errlen, rc, "%s: out of memory", cmd);
+                }
+                *out = btl_buf_steal(&o);
+                return 0;
+            }
+        }
+    }
     btl_snprintf(path, sizeof path, "/channels/%s/messages", channel);
     /* Narrative text must not ping @everyone by accident. */
     body = json_pack("{s:s, s:{s:[]}}", "content", content, "allowed_mentions", "parse");
+    if (body != NULL && nonce[0] &&
+        (json_object_set_new(body, "nonce", json_string(nonce)) != 0 ||
+         json_object_set_new(body, "enforce_nonce", json_true()) != 0)) {
+        json_decref(body);
+        body = NULL;
+    }
     if (body == NULL || (text = dump(body)) == NULL) {
         rc = failf(err, errlen, BTL_ENOMEM, "%s: out of memory", cmd);
         goto out;
     }
     if ((rc = discord_post(cfg, cmd, path, text, &reply, err, errlen)) != 0)
         goto out;
+    if (key[0]) {
+        if ((idjson = dump(json_object_get(reply, "id"))) == NULL) {
+            rc = failf(err, errlen, BTL_ENOMEM, "%s: out of memory", cmd);
+            goto out;
+        }
+        if ((rc = btl_state_set(db, key, idjson, BOTCMD_SENT_TTL_MS)) != 0) {
+            rc = failf(err, errlen, rc, "%s: message %s sent but storing it in state %s failed: %s",
+                       cmd, idjson, key, btl_db_last_error(db));
+            goto out;
+        }
+    }
     if ((rc = id_output(reply, out)) != 0)
         failf(err, errlen, rc, "%s: out of memory", cmd);
 out:
+    free(idjson);
     free(text);
     json_decref(body);
     json_decref(reply);
@@ -765,8 +810,8 @@ static void count(const char *command, int rc)
     btl_metric_inc(m, vals, 1);
 }
 
-static int run(btl_db *db, const btl_config *cfg, const char *command, const char *args_json,
-               char **output_json, char *err, size_t errlen)
+static int run(btl_db *db, const btl_config *cfg, const char *once_key, const char *command,
+               const char *args_json, char **output_json, char *err, size_t errlen)
 {
     char b[80];
     json_t *args = NULL;
@@ -798,7 +843,7 @@ static int run(btl_db *db, const btl_config *cfg, const char *command, const cha
     else if (strcmp(command, "db.update") == 0)
         rc = cmd_db_update(db, cfg, args, output_json, err, errlen);
     else if (strcmp(command, "discord.messages.send") == 0)
-        rc = cmd_discord_send(cfg, args, output_json, err, errlen);
+        rc = cmd_discord_send(db, cfg, once_key, args, output_json, err, errlen);
     else
         rc = cmd_discord_channel(db, cfg, args, output_json, err, errlen);
 out:
@@ -806,14 +851,14 @@ out:
     return rc;
 }
 
-int btl_botcmd_run(btl_db *db, const btl_config *cfg, const char *command, const char *args_json,
-                   char **output_json, char *err, size_t errlen)
+int btl_botcmd_run(btl_db *db, const btl_config *cfg, const char *once_key, const char *command,
+                   const char *args_json, char **output_json, char *err, size_t errlen)
 {
     if (err && errlen)
         err[0] = '\0';
     if (output_json)
         *output_json = NULL;
-    int rc = run(db, cfg, command, args_json, output_json, err, errlen);
+    int rc = run(db, cfg, once_key, command, args_json, output_json, err, errlen);
     if (rc != 0 && output_json) {
         free(*output_json);
         *output_json = NULL;

@@ -240,15 +240,6 @@ static void count_tokens(btl_llm *llm, const char *model, int64_t pt, int64_t ct
         btl_metric_inc(llm->m_tok, lc, (double)ct);
 }
 
-static uint64_t fnv1a(uint64_t h, const char *s)
-{
-    for (; s && *s; s++) {
-        h ^= (unsigned char)*s;
-        h *= 0x100000001b3ULL;
-    }
-    return h;
-}
-
 /* ---------------------------------------------------------------- budget */
 
 struct windows {
@@ -743,7 +734,7 @@ static int64_t backoff_ms(int attempt)
 static int complete_offline(btl_llm *llm, const btl_llm_request *req, const char *model,
                             btl_llm_response *resp, char *err, size_t errlen)
 {
-    uint64_t seed = fnv1a(fnv1a(0xcbf29ce484222325ULL, req->system), req->prompt);
+    uint64_t seed = btl_fnv1a64(btl_fnv1a64(BTL_FNV1A64_INIT, req->system), req->prompt);
     seed ^= (++llm->counter) * 0x9E3779B97F4A7C15ULL;
     seed ^= llm->nonce;
     char *text = NULL;

@@ -61,16 +61,6 @@ static bool valid_key(const char *k)
     return true;
 }
 
-static uint64_t fnv1a64(const char *s)
-{
-    uint64_t h = 0xcbf29ce484222325ULL;
-    for (; *s; s++) {
-        h ^= (unsigned char)*s;
-        h *= 0x100000001b3ULL;
-    }
-    return h;
-}
-
 int btl_platform_nonce(const char *key, char *out, size_t n)
 {
     if (key == NULL || key[0] == '\0' || out == NULL)
@@ -85,7 +75,8 @@ int btl_platform_nonce(const char *key, char *out, size_t n)
         return btl_strlcpy(out, key, n);
     /* Too long or odd characters: a stable digest keeps the retry of the same
      * post on the same nonce. */
-    return btl_snprintf(out, n, "btl-%016llx", (unsigned long long)fnv1a64(key));
+    return btl_snprintf(out, n, "btl-%016llx",
+                        (unsigned long long)btl_fnv1a64(BTL_FNV1A64_INIT, key));
 }
 
 /* Append to b; on failure roll b back to where it was (all or nothing). */
@@ -827,7 +818,7 @@ int btl_platform_new(const btl_config *cfg, const char *name, btl_platform **out
         btl_platform_free(p);
         return rc;
     }
-    p->route = fnv1a64(p->url);
+    p->route = btl_fnv1a64(BTL_FNV1A64_INIT, p->url);
     *out = p;
     return 0;
 }

@@ -441,3 +441,12 @@ int btl_pos_errorv(char *err, size_t errlen, const char *name, int line, int col
     btl_snprintf(err, errlen, "%s:%d:%d: %s", name, line, col, msg);
     return BTL_ECONFIG;
 }
+
+uint64_t btl_fnv1a64(uint64_t h, const char *s)
+{
+    for (; s && *s; s++) {
+        h ^= (unsigned char)*s;
+        h *= 0x100000001b3ULL;
+    }
+    return h;
+}

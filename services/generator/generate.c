@@ -350,13 +350,20 @@ out:
 
 typedef struct cmd_env {
     btl_worker_env *env;
+    const char *job_key; /* same for every attempt of this post's job */
+    int calls;           /* command acts run so far in this attempt */
 } cmd_env;
 
 static int run_command(void *ud, const char *command, const char *args_json, char **output,
                        char *err, size_t errlen)
 {
     cmd_env *c = ud;
-    return btl_botcmd_run(c->env->db, c->env->cfg, command, args_json, output, err, errlen);
+    /* Acts run in order, so the n-th command of a retry is normally the
+     * same act as the n-th of the first attempt (unless a skip_if decides
+     * differently this time). */
+    char once[300];
+    btl_snprintf(once, sizeof once, "%s#%d", c->job_key, c->calls++);
+    return btl_botcmd_run(c->env->db, c->env->cfg, once, command, args_json, output, err, errlen);
 }
 
 static void emit_generated(btl_worker_env *env, int64_t id, const char *text, const char *narrative)
@@ -615,7 +622,7 @@ static int generate_post(gen_ctx *g, btl_worker_env *env, const btl_job *job,
         goto out;
     }
     btl_llm_set_stop(llm, env->stop); /* a stopping worker aborts the call */
-    cmd_env ce = {.env = env};
+    cmd_env ce = {.env = env, .job_key = job_key};
     nc.llm = llm;
     nc.db = env->db;
     nc.angle = angle && angle[0] ? angle : NULL;

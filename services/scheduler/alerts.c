@@ -46,11 +46,7 @@ static struct {
 
 static uint64_t fnv1a(uint64_t h, const char *s)
 {
-    for (; *s; s++) {
-        h ^= (unsigned char)*s;
-        h *= 1099511628211ULL;
-    }
-    return h ^ 0xff; /* separator: ("ab","c") and ("a","bc") differ */
+    return btl_fnv1a64(h, s) ^ 0xff; /* separator: ("ab","c") and ("a","bc") differ */
 }
 
 static void count_drop(const char *kind, const char *reason)
@@ -62,7 +58,7 @@ static void count_drop(const char *kind, const char *reason)
 /* Called with g.mu held: true if this alert may go out now. */
 static bool rate_ok(const char *kind, const char *key, int64_t now)
 {
-    uint64_t h = fnv1a(fnv1a(1469598103934665603ULL, kind), key);
+    uint64_t h = fnv1a(fnv1a(BTL_FNV1A64_INIT, kind), key);
     size_t i, oldest = 0;
     for (i = 0; i < g.nkeys; i++) {
         if (g.keys[i].hash == h)

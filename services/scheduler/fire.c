@@ -20,11 +20,7 @@
 
 static uint64_t fnv1a(uint64_t h, const char *s)
 {
-    for (; s && *s; s++) {
-        h ^= (unsigned char)*s;
-        h *= 0x100000001b3ULL;
-    }
-    return h * 0x100000001b3ULL; /* separator so "a","bc" != "ab","c" */
+    return btl_fnv1a64(h, s) * 0x100000001b3ULL; /* separator so "a","bc" != "ab","c" */
 }
 
 static void conf_free(sched_conf *c)
@@ -70,7 +66,7 @@ int sched_conf_load(const char *path, sched_conf **out, char *err, size_t errlen
         }
         /* What decides the fire times: a change re-plans next_run. */
         char num[64];
-        uint64_t h = 0xcbf29ce484222325ULL;
+        uint64_t h = BTL_FNV1A64_INIT;
         h = fnv1a(h, tc->service);
         h = fnv1a(h, tc->schedule);
         h = fnv1a(h, tc->timezone);

@@ -248,7 +248,7 @@ static int run(btl_db *db, const btl_config *cfg, const char *cmd, const char *a
                char *err, size_t n)
 {
     *out = NULL;
-    return btl_botcmd_run(db, cfg, cmd, args, out, err, n);
+    return btl_botcmd_run(db, cfg, NULL, cmd, args, out, err, n);
 }
 
 static void test_botcmd_state(btl_db *db)
@@ -599,6 +599,55 @@ static void test_discord(btl_db *db)
           "second create reuses the channel: %s %s", err, out ? out : "");
     CHECK(g_fake.requests == 0, "no request for an existing channel, got %d", g_fake.requests);
     free(out);
+
+    /* With a once key a message goes out once: nonce + enforce_nonce on the
+     * request, the id kept in state, a repeat answered from state. */
+    set_mode(FAKE_OK);
+    rc = btl_botcmd_run(db, g_cfg, "run:7:feature:0#1", "discord.messages.send",
+                        "{\"channel_id\":\"123\",\"content\":\"once\"}", &out, err, sizeof err);
+    CHECK(rc == 0 && out && strstr(out, "\"id\""), "send once: %s %s", err, out ? out : "");
+    free(out);
+    out = NULL;
+    pthread_mutex_lock(&g_fake.mu);
+    CHECK(g_fake.requests == 1, "one request, got %d", g_fake.requests);
+    b = json_loads(g_fake.body, 0, &jerr);
+    const char *nonce = json_string_value(json_object_get(b, "nonce"));
+    CHECK(nonce && strncmp(nonce, "btl-m", 5) == 0 && strlen(nonce) <= 25 &&
+              json_is_true(json_object_get(b, "enforce_nonce")),
+          "nonce with enforce_nonce: %s", g_fake.body);
+    char first_nonce[32] = "";
+    if (nonce)
+        btl_strlcpy(first_nonce, nonce, sizeof first_nonce);
+    json_decref(b);
+    pthread_mutex_unlock(&g_fake.mu);
+    PGresult *kr = NULL;
+    CHECK(btl_db_query(db,
+                       "SELECT count(*) FROM narrative_state WHERE key LIKE "
+                       "'discord.messages.sent.%' AND expires_at > now() + interval '29 days'",
+                       0, NULL, &kr) == 0 &&
+              btl_db_get_i64(kr, 0, 0) == 1,
+          "sent id kept in state for 30 days");
+    PQclear(kr);
+    set_mode(FAKE_OK);
+    rc = btl_botcmd_run(db, g_cfg, "run:7:feature:0#1", "discord.messages.send",
+                        "{\"channel_id\":\"123\",\"content\":\"once, retried\"}", &out, err,
+                        sizeof err);
+    CHECK(rc == 0 && out && strstr(out, "existing") && g_fake.requests == 0,
+          "the retry sends nothing: %s %s (%d requests)", err, out ? out : "", g_fake.requests);
+    free(out);
+    out = NULL;
+    set_mode(FAKE_OK);
+    rc = btl_botcmd_run(db, g_cfg, "run:7:feature:0#2", "discord.messages.send",
+                        "{\"channel_id\":\"123\",\"content\":\"next act\"}", &out, err, sizeof err);
+    pthread_mutex_lock(&g_fake.mu);
+    b = json_loads(g_fake.body, 0, &jerr);
+    nonce = json_string_value(json_object_get(b, "nonce"));
+    CHECK(rc == 0 && g_fake.requests == 1 && nonce && strcmp(nonce, first_nonce) != 0,
+          "another key sends, with another nonce: %s", g_fake.body);
+    json_decref(b);
+    pthread_mutex_unlock(&g_fake.mu);
+    free(out);
+    out = NULL;
 
     /* Refused before any request. */
     static const struct {

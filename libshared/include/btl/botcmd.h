@@ -17,6 +17,9 @@
  *               equality conditions (null means IS NULL) and must have at
  *               least one. No SQL text ever comes from the arguments.
  *   discord.messages.send   {channel_id, content}   -> {"id": "<message id>"}
+ *               with a once key (below): at most one message per key; a
+ *               repeat returns {"id": ..., "existing": true} without a
+ *               request
  *   discord.channels.create {guild_id, name, type?} -> {"id": "<channel id>"}
  *               also stores the id (a JSON string) in narrative state under
  *               "discord.channels.<name>"; name must therefore be a valid
@@ -53,6 +56,13 @@
 bool btl_botcmd_known(const char *command);
 
 /* Runs a narrative bot command. args_json: a JSON object (NULL = {}).
+ * once_key: NULL, or a key naming this invocation that stays the same when
+ * the narrative is retried (the generator uses its job key and the
+ * command's ordinal). Commands with effects outside Postgres use it:
+ * discord.messages.send records the sent message's id in narrative state
+ * under "discord.messages.sent.<hash of key>" (kept 30 days) and sends
+ * nonce "btl-m<hash>" with enforce_nonce, so a retry after a crash between
+ * the send and the record is dropped by Discord within its nonce window.
  * db: this thread's connection (may be NULL only for
  * discord.messages.send). cfg: the loaded configuration (whitelist,
  * platforms.discord).
@@ -61,7 +71,7 @@ bool btl_botcmd_known(const char *command);
  * appear in it): BTL_EINVAL bad/unknown command or arguments,
  * BTL_EPERM refused by the whitelist or missing Discord token, plus the
  * state/db/Discord errors listed above. */
-int btl_botcmd_run(btl_db *db, const btl_config *cfg, const char *command, const char *args_json,
-                   char **output_json, char *err, size_t errlen);
+int btl_botcmd_run(btl_db *db, const btl_config *cfg, const char *once_key, const char *command,
+                   const char *args_json, char **output_json, char *err, size_t errlen);
 
 #endif

@@ -16,6 +16,13 @@ int btl_strlcpy(char *dst, const char *src, size_t n);
 /* snprintf that returns BTL_ETOOBIG on truncation instead of a length. */
 int btl_snprintf(char *dst, size_t n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
+#define BTL_FNV1A64_INIT 0xcbf29ce484222325ULL
+
+/* FNV-1a (64 bit) of the NUL-terminated s (NULL hashes as ""), continuing
+ * from h (BTL_FNV1A64_INIT to start). Not cryptographic: for stable ids,
+ * nonces, seeds and change detection. */
+uint64_t btl_fnv1a64(uint64_t h, const char *s);
+
 /* Strict integer parse of the whole string within [min, max]. */
 int btl_parse_i64(const char *s, int64_t min, int64_t max, int64_t *out);
 int btl_parse_double(const char *s, double *out);
