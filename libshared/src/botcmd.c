@@ -606,6 +606,44 @@ static int id_output(json_t *reply, char **out)
     return *out ? 0 : BTL_ENOMEM;
 }
 
+/* A Discord object made before (its id recorded in state under key) is
+ * handed back as {"id": ..., "existing": true}: retried narratives run
+ * their acts again and must not make it twice. 0 with *out set, or
+ * BTL_ENOTFOUND when nothing is recorded (or the lookup failed: then the
+ * request goes out and is recorded afresh). */
+static int recorded(btl_db *db, const char *key, const char *cmd, char **out, char *err,
+                    size_t errlen)
+{
+    char *known = NULL;
+    if (btl_state_get(db, key, &known) != 0)
+        return BTL_ENOTFOUND;
+    btl_buf o;
+    btl_buf_init(&o, 256);
+    int rc = btl_buf_printf(&o, "{\"id\":%s,\"existing\":true}", known);
+    free(known);
+    if (rc != 0) {
+        btl_buf_free(&o);
+        return failf(err, errlen, rc, "%s: out of memory", cmd);
+    }
+    *out = btl_buf_steal(&o);
+    return 0;
+}
+
+/* Records the id of what Discord just made (see recorded()). */
+static int record(btl_db *db, const char *key, int64_t ttl_ms, json_t *reply, const char *cmd,
+                  char *err, size_t errlen)
+{
+    char *idjson = dump(json_object_get(reply, "id"));
+    if (idjson == NULL)
+        return failf(err, errlen, BTL_ENOMEM, "%s: out of memory", cmd);
+    int rc = btl_state_set(db, key, idjson, ttl_ms);
+    if (rc != 0)
+        failf(err, errlen, rc, "%s: %s made but storing its id in state %s failed: %s", cmd, idjson,
+              key, btl_db_last_error(db));
+    free(idjson);
+    return rc;
+}
+
 /* With a once key, a message goes out at most once per key: the first
  * success is kept in state and handed back to a retry; the nonce derived
  * from the same key lets Discord drop a resend after a crash between the
@@ -617,7 +655,7 @@ static int cmd_discord_send(btl_db *db, const btl_config *cfg, const char *once_
     char channel[32], path[96], nonce[32] = "", key[BTL_STATE_KEY_MAX + 1] = "";
     const char *content;
     json_t *reply = NULL, *body = NULL;
-    char *text = NULL, *idjson = NULL;
+    char *text = NULL;
     int rc;
     if ((rc = arg_snowflake(args, cmd, "channel_id", channel, sizeof channel, err, errlen)) != 0 ||
         (rc = arg_str(args, cmd, "content", true, &content, err, errlen)) != 0)
@@ -631,19 +669,8 @@ static int cmd_discord_send(btl_db *db, const btl_config *cfg, const char *once_
         btl_snprintf(nonce, sizeof nonce, "btl-m%016llx", (unsigned long long)h);
         if (db != NULL) {
             btl_snprintf(key, sizeof key, "discord.messages.sent.%016llx", (unsigned long long)h);
-            char *known = NULL;
-            if (btl_state_get(db, key, &known) == 0) {
-                btl_buf o;
-                btl_buf_init(&o, 256);
-                rc = btl_buf_printf(&o, "{\"id\":%s,\"existing\":true}", known);
-                free(known);
-                if (rc != 0) {
-                    btl_buf_free(&o);
-                    return failf(err, errlen, rc, "%s: out of memory", cmd);
-                }
-                *out = btl_buf_steal(&o);
-                return 0;
-            }
+            if ((rc = recorded(db, key, cmd, out, err, errlen)) != BTL_ENOTFOUND)
+                return rc;
         }
     }
     btl_snprintf(path, sizeof path, "/channels/%s/messages", channel);
@@ -661,21 +688,11 @@ static int cmd_discord_send(btl_db *db, const btl_config *cfg, const char *once_
     }
     if ((rc = discord_post(cfg, cmd, path, text, &reply, err, errlen)) != 0)
         goto out;
-    if (key[0]) {
-        if ((idjson = dump(json_object_get(reply, "id"))) == NULL) {
-            rc = failf(err, errlen, BTL_ENOMEM, "%s: out of memory", cmd);
-            goto out;
-        }
-        if ((rc = btl_state_set(db, key, idjson, BOTCMD_SENT_TTL_MS)) != 0) {
-            rc = failf(err, errlen, rc, "%s: message %s sent but storing it in state %s failed: %s",
-                       cmd, idjson, key, btl_db_last_error(db));
-            goto out;
-        }
-    }
+    if (key[0] && (rc = record(db, key, BOTCMD_SENT_TTL_MS, reply, cmd, err, errlen)) != 0)
+        goto out;
     if ((rc = id_output(reply, out)) != 0)
         failf(err, errlen, rc, "%s: out of memory", cmd);
 out:
-    free(idjson);
     free(text);
     json_decref(body);
     json_decref(reply);
@@ -712,7 +729,7 @@ static int cmd_discord_channel(btl_db *db, const btl_config *cfg, json_t *args, 
     char guild[32], path[96], key[BTL_STATE_KEY_MAX + 1], b[80];
     const char *name;
     json_t *reply = NULL, *body = NULL;
-    char *text = NULL, *idjson = NULL;
+    char *text = NULL;
     int type, rc;
     if (db == NULL)
         return failf(err, errlen, BTL_EINVAL, "%s: needs a database connection", cmd);
@@ -733,19 +750,8 @@ static int cmd_discord_channel(btl_db *db, const btl_config *cfg, json_t *args, 
                      cmd, show(name, b, sizeof b), DISCORD_MAX_NAME);
     /* A retried narrative runs its acts again: a channel created before
      * is reused (its id is in state), never created twice. */
-    char *known = NULL;
-    if (btl_state_get(db, key, &known) == 0) {
-        btl_buf o;
-        btl_buf_init(&o, 256);
-        rc = btl_buf_printf(&o, "{\"id\":%s,\"existing\":true}", known);
-        free(known);
-        if (rc != 0) {
-            btl_buf_free(&o);
-            return failf(err, errlen, rc, "%s: out of memory", cmd);
-        }
-        *out = btl_buf_steal(&o);
-        return 0;
-    }
+    if ((rc = recorded(db, key, cmd, out, err, errlen)) != BTL_ENOTFOUND)
+        return rc;
     btl_snprintf(path, sizeof path, "/guilds/%s/channels", guild);
     body = json_pack("{s:s, s:i}", "name", name, "type", type);
     if (body == NULL || (text = dump(body)) == NULL) {
@@ -754,19 +760,11 @@ static int cmd_discord_channel(btl_db *db, const btl_config *cfg, json_t *args, 
     }
     if ((rc = discord_post(cfg, cmd, path, text, &reply, err, errlen)) != 0)
         goto out;
-    if ((idjson = dump(json_object_get(reply, "id"))) == NULL) {
-        rc = failf(err, errlen, BTL_ENOMEM, "%s: out of memory", cmd);
+    if ((rc = record(db, key, 0, reply, cmd, err, errlen)) != 0)
         goto out;
-    }
-    if ((rc = btl_state_set(db, key, idjson, 0)) != 0) {
-        rc = failf(err, errlen, rc, "%s: channel %s created but storing it in state %s failed: %s",
-                   cmd, idjson, key, btl_db_last_error(db));
-        goto out;
-    }
     if ((rc = id_output(reply, out)) != 0)
         failf(err, errlen, rc, "%s: out of memory", cmd);
 out:
-    free(idjson);
     free(text);
     json_decref(body);
     json_decref(reply);
