@@ -608,18 +608,21 @@ static int id_output(json_t *reply, char **out)
 
 /* A Discord object made before (its id recorded in state under key) is
  * handed back as {"id": ..., "existing": true}: retried narratives run
- * their acts again and must not make it twice. 0 with *out set, or
- * BTL_ENOTFOUND when nothing is recorded (or the lookup failed: then the
- * request goes out and is recorded afresh). */
+ * their acts again and must not make it twice. 0 with *out set,
+ * BTL_ENOTFOUND when nothing is recorded, or the database error (nothing
+ * is sent while we cannot tell). */
 static int recorded(btl_db *db, const char *key, const char *cmd, char **out, char *err,
                     size_t errlen)
 {
     char *known = NULL;
-    if (btl_state_get(db, key, &known) != 0)
-        return BTL_ENOTFOUND;
+    int rc = btl_state_get(db, key, &known);
+    if (rc == BTL_ENOTFOUND)
+        return rc;
+    if (rc != 0)
+        return failf(err, errlen, rc, "%s: reading state %s: %s", cmd, key, btl_db_last_error(db));
     btl_buf o;
     btl_buf_init(&o, 256);
-    int rc = btl_buf_printf(&o, "{\"id\":%s,\"existing\":true}", known);
+    rc = btl_buf_printf(&o, "{\"id\":%s,\"existing\":true}", known);
     free(known);
     if (rc != 0) {
         btl_buf_free(&o);
