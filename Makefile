@@ -5,7 +5,7 @@ BUILD      ?= build
 TEST_BUILD ?= build-test
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: all deps build run test test-build bench fuzz compose-test format clean
+.PHONY: all deps build run test test-build bench fuzz compose-test format clean proof
 
 all: build
 
@@ -40,6 +40,12 @@ bench: build
 FUZZ_SECONDS ?= 60
 fuzz:
 	@bash scripts/fuzz.sh $(FUZZ_SECONDS)
+
+# The long checks (scripts/proof.sh): the full fault-injection run, whose
+# figures go into docs/RELIABILITY.md, then fuzz, valgrind and bench.
+# PROOF_SKIP=fuzz,valgrind,bench skips steps.
+proof: test-build
+	@PROOF_BUILD=$(TEST_BUILD) PROOF_RELEASE_BUILD=$(BUILD) FUZZ_SECONDS=$(FUZZ_SECONDS) bash scripts/proof.sh
 
 # docker-compose.yml for real, through podman's Docker-API socket.
 compose-test:

@@ -1,7 +1,8 @@
 /* A fake Discord / Discord-webhook / Mastodon server for the poster tests.
  *
  * Usage: fake_discord --port P --record FILE [--script FILE] [--token T]
- *                     [--nonce-window-ms MS]
+ *                     [--nonce-window-ms MS] [--random-fail PCT]
+ *                     [--random-kinds LIST] [--timeout-ms MS] [--seed N]
  * Prints "listening <port>" on stdout when ready (P 0 = any free port);
  * runs until SIGTERM/SIGINT.
  *
@@ -25,6 +26,17 @@
  *                       X-RateLimit-Reset-After SECS
  *   drop                read the request, then close without an answer
  *   # comment
+ * Random faults (fault-injection suite): when the script has nothing for a
+ * request, --random-fail PCT turns PCT percent of the requests into a fault
+ * drawn from --random-kinds, a comma list of
+ *   429       rate limited, retry_after 0.2..2 s (header and body)
+ *   500       server error (502 and 503 likewise)
+ *   timeout   the message is created, then the answer waits --timeout-ms
+ *             (default 5000), longer than a client's timeout
+ *   403       403 50013 Missing Permissions (permanent)
+ *   drop      the message is created, then the connection closes unanswered
+ * (default "429,500,timeout,403"). Draws are a pure function of --seed and
+ * the request number. The record's "action" names the injected fault.
  * Like Discord, a nonce repeated with enforce_nonce:true within the window
  * returns the first message (same id) instead of a new one; Mastodon's
  * Idempotency-Key likewise. */
@@ -48,6 +60,11 @@ static int64_t g_window_ms = 300000;
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
 static FILE *g_rec;
 static atomic_llong g_next_id = 1300000000000000000LL;
+static atomic_llong g_nreq;
+static int64_t g_random_pct, g_timeout_ms = 5000;
+static uint64_t g_seed;
+static char g_kinds[8][16];
+static int g_nkinds;
 
 typedef struct seen {
     char key[160];
@@ -131,6 +148,63 @@ static void next_action(action *a)
         } else if (w2[0] && btl_parse_i64(w2, 0, 1000000, &v) == 0) {
             a->code = (int)v;
         }
+    }
+}
+
+/* splitmix64 of (seed, request number, stream): one independent draw. */
+static uint64_t draw(int64_t n, uint64_t stream)
+{
+    uint64_t z = g_seed + (uint64_t)n * 0x9e3779b97f4a7c15ULL + stream * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+static int parse_kinds(const char *list)
+{
+    static const char *const known[] = {"429", "500", "502", "503", "timeout", "403", "drop"};
+    g_nkinds = 0;
+    const char *p = list;
+    while (*p) {
+        size_t k = strcspn(p, ",");
+        if (k == 0 || k >= sizeof g_kinds[0] || g_nkinds >= 8)
+            return -1;
+        char w[16];
+        memcpy(w, p, k);
+        w[k] = '\0';
+        bool ok = false;
+        for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
+            ok = ok || strcmp(w, known[i]) == 0;
+        if (!ok)
+            return -1;
+        btl_strlcpy(g_kinds[g_nkinds++], w, sizeof g_kinds[0]);
+        p += k;
+        if (*p == ',')
+            p++;
+    }
+    return g_nkinds > 0 ? 0 : -1;
+}
+
+/* No scripted action: maybe a random fault. */
+static void random_action(action *a)
+{
+    int64_t n = atomic_fetch_add(&g_nreq, 1) + 1;
+    if (g_random_pct <= 0 || (int64_t)(draw(n, 1) % 100) >= g_random_pct)
+        return;
+    const char *k = g_kinds[draw(n, 2) % (uint64_t)g_nkinds];
+    btl_snprintf(a->line, sizeof a->line, "random %s", k);
+    if (strcmp(k, "timeout") == 0) {
+        btl_strlcpy(a->kind, "delay", sizeof a->kind);
+        a->secs = (double)g_timeout_ms / 1000.0;
+    } else if (strcmp(k, "drop") == 0) {
+        btl_strlcpy(a->kind, "drop", sizeof a->kind);
+    } else {
+        btl_strlcpy(a->kind, "status", sizeof a->kind);
+        a->status = (int)strtol(k, NULL, 10);
+        if (a->status == 429)
+            a->secs = 0.2 + (double)(draw(n, 3) % 1800) / 1000.0;
+        else if (a->status == 403)
+            a->code = 50013;
     }
 }
 
@@ -308,6 +382,8 @@ static enum MHD_Result handle(struct MHD_Connection *c, const char *url, const c
     int status = 200, code = 0;
 
     next_action(&a);
+    if (a.line[0] == '\0')
+        random_action(&a);
     if (rq->body.data && rq->body.len)
         body = json_loads(rq->body.data, 0, NULL);
     if (json_is_object(body)) {
@@ -444,7 +520,9 @@ static void on_done(void *cls, struct MHD_Connection *c, void **con_cls,
 static int usage(void)
 {
     fprintf(stderr, "usage: fake_discord --port P --record FILE [--script FILE] [--token T] "
-                    "[--nonce-window-ms MS]\n");
+                    "[--nonce-window-ms MS]\n"
+                    "       [--random-fail PCT] [--random-kinds 429,500,timeout,403,drop] "
+                    "[--timeout-ms MS] [--seed N]\n");
     return 2;
 }
 
@@ -467,6 +545,20 @@ int main(int argc, char **argv)
         } else if (strcmp(argv[i], "--nonce-window-ms") == 0) {
             if (btl_parse_i64(v, 0, INT64_C(86400000), &g_window_ms) != 0)
                 return usage();
+        } else if (strcmp(argv[i], "--random-fail") == 0) {
+            if (btl_parse_i64(v, 0, 100, &g_random_pct) != 0)
+                return usage();
+        } else if (strcmp(argv[i], "--random-kinds") == 0) {
+            if (parse_kinds(v) != 0)
+                return usage();
+        } else if (strcmp(argv[i], "--timeout-ms") == 0) {
+            if (btl_parse_i64(v, 0, 600000, &g_timeout_ms) != 0)
+                return usage();
+        } else if (strcmp(argv[i], "--seed") == 0) {
+            int64_t sd = 0;
+            if (btl_parse_i64(v, 0, INT64_MAX, &sd) != 0)
+                return usage();
+            g_seed = (uint64_t)sd;
         } else {
             return usage();
         }
@@ -474,6 +566,8 @@ int main(int argc, char **argv)
     }
     if (port < 0 || g_record == NULL)
         return usage();
+    if (g_nkinds == 0)
+        parse_kinds("429,500,timeout,403");
     if ((g_rec = fopen(g_record, "a")) == NULL) {
         perror(g_record);
         return 1;

@@ -6,8 +6,24 @@
  *
  * Usage: fake_llm --port P [--record FILE] [--fail-first N --fail-status S]
  *                 [--fail-kind rate|quota|perday] [--retry-after SEC]
- *                 [--delay-ms D]
- * Prints "listening <port>" on stdout once ready; SIGTERM/SIGINT stop it. */
+ *                 [--delay-ms D] [--random-fail PCT] [--random-kinds LIST]
+ *                 [--slow-pct PCT] [--slow-ms MS] [--seed N]
+ *                 [--random-fail-max N]
+ * Prints "listening <port>" on stdout once ready; SIGTERM/SIGINT stop it.
+ *
+ * Random faults (for the fault-injection suite): --random-fail PCT answers
+ * PCT percent of the requests (after --fail-first) with a fault drawn from
+ * --random-kinds, a comma list of
+ *   429      rate limited (Retry-After --retry-after, rate_limit_exceeded)
+ *   500      server error
+ *   garbage  status 200 with a body that is not JSON (a cut-off reply)
+ *   badjson  status 200, valid envelope, content that is not the JSON the
+ *            prompt asked for
+ * (default "429,500,garbage"); --random-fail-max N stops after N such
+ * faults (a bounded number of failures for a short test). --slow-pct PCT delays PCT percent of the
+ * requests by --slow-ms (default 5000) on top of --delay-ms. Draws are a
+ * pure function of --seed and the request number, so a run is repeatable;
+ * the record's "fault" field names what was injected. */
 #include "btl/llm.h"
 #include "btl/util.h"
 
@@ -32,9 +48,17 @@ static struct {
     const char *fail_kind;
     int64_t retry_after_s;
     int64_t delay_ms;
-} opt = {.fail_status = 503, .fail_kind = "", .retry_after_s = 1};
+    int64_t random_fail_pct;
+    int64_t random_fail_max;
+    char random_kinds[8][16];
+    int n_random_kinds;
+    int64_t slow_pct;
+    int64_t slow_ms;
+    uint64_t seed;
+} opt = {.fail_status = 503, .fail_kind = "", .retry_after_s = 1, .slow_ms = 5000};
 
 static atomic_llong g_seq;
+static atomic_llong g_faults;
 static pthread_mutex_t g_rec_mu = PTHREAD_MUTEX_INITIALIZER;
 static FILE *g_rec;
 
@@ -49,6 +73,49 @@ static uint64_t fnv(const char *s)
     for (; s && *s; s++)
         h = (h ^ (unsigned char)*s) * 0x100000001b3ULL;
     return h;
+}
+
+/* splitmix64 of (seed, request number, stream): one independent draw. */
+static uint64_t draw(int64_t n, uint64_t stream)
+{
+    uint64_t z = opt.seed + (uint64_t)n * 0x9e3779b97f4a7c15ULL + stream * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+static int parse_kinds(const char *list)
+{
+    opt.n_random_kinds = 0;
+    const char *p = list;
+    while (*p) {
+        size_t k = strcspn(p, ",");
+        if (k == 0 || k >= sizeof opt.random_kinds[0] || opt.n_random_kinds >= 8)
+            return -1;
+        char w[16];
+        memcpy(w, p, k);
+        w[k] = '\0';
+        if (strcmp(w, "429") != 0 && strcmp(w, "500") != 0 && strcmp(w, "garbage") != 0 &&
+            strcmp(w, "badjson") != 0)
+            return -1;
+        btl_strlcpy(opt.random_kinds[opt.n_random_kinds++], w, sizeof opt.random_kinds[0]);
+        p += k;
+        if (*p == ',')
+            p++;
+    }
+    return opt.n_random_kinds > 0 ? 0 : -1;
+}
+
+static enum MHD_Result send_raw(struct MHD_Connection *c, int status, const char *body)
+{
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer(strlen(body), (void *)body, MHD_RESPMEM_MUST_COPY);
+    if (r == NULL)
+        return MHD_NO;
+    MHD_add_response_header(r, "Content-Type", "application/json");
+    enum MHD_Result ret = MHD_queue_response(c, (unsigned)status, r);
+    MHD_destroy_response(r);
+    return ret;
 }
 
 static enum MHD_Result send_json(struct MHD_Connection *c, int status, json_t *j,
@@ -67,15 +134,16 @@ static enum MHD_Result send_json(struct MHD_Connection *c, int status, json_t *j
     return ret;
 }
 
-static void record(int64_t n, const char *provider, const char *path, const char *model,
-                   const char *auth, bool json, const char *system, const char *prompt, int status)
+static void record_f(int64_t n, const char *provider, const char *path, const char *model,
+                     const char *auth, bool json, const char *system, const char *prompt,
+                     int status, const char *fault)
 {
     if (g_rec == NULL)
         return;
-    json_t *o =
-        json_pack("{s:I,s:I,s:s,s:s,s:s?,s:s?,s:b,s:s?,s:s?,s:i}", "n", (json_int_t)n, "ts_ms",
-                  (json_int_t)btl_now_ms(), "provider", provider, "path", path, "model", model,
-                  "auth", auth, "json", json, "system", system, "prompt", prompt, "status", status);
+    json_t *o = json_pack("{s:I,s:I,s:s,s:s,s:s?,s:s?,s:b,s:s?,s:s?,s:i,s:s?}", "n", (json_int_t)n,
+                          "ts_ms", (json_int_t)btl_now_ms(), "provider", provider, "path", path,
+                          "model", model, "auth", auth, "json", json, "system", system, "prompt",
+                          prompt, "status", status, "fault", fault);
     char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
     if (s == NULL)
@@ -85,6 +153,12 @@ static void record(int64_t n, const char *provider, const char *path, const char
     fflush(g_rec);
     pthread_mutex_unlock(&g_rec_mu);
     free(s);
+}
+
+static void record(int64_t n, const char *provider, const char *path, const char *model,
+                   const char *auth, bool json, const char *system, const char *prompt, int status)
+{
+    record_f(n, provider, path, model, auth, json, system, prompt, status, NULL);
 }
 
 static json_t *error_body(bool gemini, int status)
@@ -154,8 +228,18 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
         return send_json(c, 413, json_pack("{s:{s:s}}", "error", "message", "body too large"),
                          NULL);
     int64_t n = atomic_fetch_add(&g_seq, 1) + 1;
-    if (opt.delay_ms > 0)
-        btl_sleep_ms(opt.delay_ms);
+    int64_t delay = opt.delay_ms;
+    if (opt.slow_pct > 0 && (int64_t)(draw(n, 1) % 100) < opt.slow_pct)
+        delay += opt.slow_ms;
+    if (delay > 0)
+        btl_sleep_ms(delay);
+    const char *fault = NULL;
+    if (n > opt.fail_first && opt.random_fail_pct > 0 &&
+        (int64_t)(draw(n, 2) % 100) < opt.random_fail_pct)
+        fault = opt.random_kinds[draw(n, 3) % (uint64_t)opt.n_random_kinds];
+    if (fault != NULL && opt.random_fail_max > 0 &&
+        atomic_fetch_add(&g_faults, 1) >= opt.random_fail_max)
+        fault = NULL;
 
     json_error_t je;
     json_t *req = json_loadb(cn->body.data ? cn->body.data : "", cn->body.len, 0, &je);
@@ -233,6 +317,19 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
                         opt.fail_status == 429 && !gemini ? ra : NULL);
         goto out;
     }
+    if (fault != NULL && strcmp(fault, "badjson") != 0) {
+        int st = strcmp(fault, "garbage") == 0 ? 200 : (int)strtol(fault, NULL, 10);
+        record_f(n, openai ? "openai" : "gemini", url, model, auth, want_json, ss, ps, st, fault);
+        if (st == 200) {
+            /* A reply cut off mid-way: not JSON at all. */
+            ret = send_raw(c, 200, "{\"id\":\"chatcmpl-fake\",\"choices\":[{\"message\":{\"con");
+        } else {
+            char ra[32];
+            btl_snprintf(ra, sizeof ra, "%lld", (long long)opt.retry_after_s);
+            ret = send_json(c, st, error_body(gemini, st), st == 429 && !gemini ? ra : NULL);
+        }
+        goto out;
+    }
     btl_llm_request lr = {.system = ss[0] ? ss : NULL, .prompt = ps, .json = want_json};
     char *text = NULL;
     char err[256] = "";
@@ -241,7 +338,16 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
         ret = send_json(c, 400, json_pack("{s:{s:s}}", "error", "message", err), NULL);
         goto out;
     }
-    record(n, openai ? "openai" : "gemini", url, model, auth, want_json, ss, ps, 200);
+    if (fault != NULL) {
+        /* badjson: a well-formed reply whose content is prose, not JSON. */
+        free(text);
+        text = strdup("Sure! Here is the post you asked for, as plain text and not JSON.");
+        if (text == NULL) {
+            ret = MHD_NO;
+            goto out;
+        }
+    }
+    record_f(n, openai ? "openai" : "gemini", url, model, auth, want_json, ss, ps, 200, fault);
     json_int_t pt = btl__llm_count_tokens(ps) + btl__llm_count_tokens(ss);
     json_int_t ct = btl__llm_count_tokens(text);
     json_t *reply;
@@ -280,7 +386,10 @@ static int usage(void)
 {
     fprintf(stderr, "usage: fake_llm --port P [--record FILE] [--fail-first N] [--fail-status S]\n"
                     "                [--fail-kind rate|quota|perday] [--retry-after SEC] "
-                    "[--delay-ms D]\n");
+                    "[--delay-ms D]\n"
+                    "                [--random-fail PCT] [--random-kinds 429,500,garbage,badjson]\n"
+                    "                [--slow-pct PCT] [--slow-ms MS] [--seed N] "
+                    "[--random-fail-max N]\n");
     return 2;
 }
 
@@ -307,11 +416,25 @@ int main(int argc, char **argv)
             opt.retry_after_s = v;
         else if (strcmp(a, "--delay-ms") == 0 && btl_parse_i64(val, 0, 600000, &v) == 0)
             opt.delay_ms = v;
+        else if (strcmp(a, "--random-fail") == 0 && btl_parse_i64(val, 0, 100, &v) == 0)
+            opt.random_fail_pct = v;
+        else if (strcmp(a, "--random-kinds") == 0 && parse_kinds(val) == 0)
+            continue;
+        else if (strcmp(a, "--random-fail-max") == 0 && btl_parse_i64(val, 0, INT64_MAX, &v) == 0)
+            opt.random_fail_max = v;
+        else if (strcmp(a, "--slow-pct") == 0 && btl_parse_i64(val, 0, 100, &v) == 0)
+            opt.slow_pct = v;
+        else if (strcmp(a, "--slow-ms") == 0 && btl_parse_i64(val, 0, 600000, &v) == 0)
+            opt.slow_ms = v;
+        else if (strcmp(a, "--seed") == 0 && btl_parse_i64(val, 0, INT64_MAX, &v) == 0)
+            opt.seed = (uint64_t)v;
         else
             return usage();
     }
     if (port < 0)
         return usage();
+    if (opt.n_random_kinds == 0)
+        parse_kinds("429,500,garbage");
     if (opt.record && (g_rec = fopen(opt.record, "a")) == NULL) {
         perror(opt.record);
         return 1;
