@@ -287,6 +287,7 @@ leader_kill() {
     check "$S is the standby" bash -c "nngcat --req --dial ${CTL[$S]} --data ping --ascii --recv-timeout 2 | grep -q '\"leader\":false'"
     t0=$(now_ms)
     kill_instance "$L"
+    log "kill $KILLS: $L (the leader)"
     if wait_for "$S fires" $((FAILOVER_S + 10)) sql_ge \
         "SELECT count(*) FROM task_runs WHERE fired_by = '$S' AND fired_at > $(ts "$t0")" 1; then
         first=$(sql "SELECT (extract(epoch FROM min(fired_at)) * 1000)::bigint FROM task_runs WHERE fired_by = '$S' AND fired_at > $(ts "$t0")")
@@ -417,6 +418,7 @@ while :; do
     victim=${pool[$((RANDOM % ${#pool[@]}))]}
     sample_rss
     kill_instance "$victim"
+    log "kill $KILLS: $victim"
     if [ $((ROUND % 5)) = 0 ]; then
         log "round $ROUND: $KILLS kills; posts: $(sql "SELECT string_agg(status || '=' || n, ' ') FROM (SELECT status, count(*) n FROM posts GROUP BY 1 ORDER BY 1) x"); gen jobs open: $(sql "SELECT count(*) FROM jobs WHERE run_id = $GEN_RUN AND status NOT IN ('done','dead')")"
     fi
