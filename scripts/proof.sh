@@ -60,7 +60,7 @@ for line in open(figs):
 log = open(logf, errors="replace").read()
 checks = re.findall(r"^(\d+) passed, (\d+) failed$", log, re.M)
 passed, failed = checks[-1] if checks else ("?", "?")
-commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True).stdout.strip()
 g = lambda k: f.get(k, "?")
 lines = [
     "<!-- proof:faults:begin -->",
