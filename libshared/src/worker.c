@@ -49,6 +49,13 @@ struct worker_shared {
     worker_thread *threads;
     int nthreads;
     pthread_t heartbeat_tid;
+    /* Ids of the jobs this process holds right now, batch_size slots per
+     * thread (0 = free), under lock: the heartbeat renews these leases and
+     * no others. A job whose outcome could not be recorded (database gone)
+     * or that an earlier process of the same instance name held is not
+     * here, so its lease runs out and the scheduler rescues it. */
+    int64_t *held;
+    int held_per_thread;
     /* metrics */
     btl_metric *m_jobs;
     btl_metric *m_active;
@@ -187,7 +194,10 @@ typedef struct pending_done {
 
 /* Marks the pending successes done in one statement and accounts for each:
  * only what the database accepted as ours counts; a job whose lease ran out
- * was rescued and is reported where it completes. */
+ * was rescued and is reported where it completes. When the statement
+ * itself fails nothing is counted: those jobs stay running, their leases
+ * (no longer renewed once the batch is let go) run out, and the queue
+ * hands them out again. */
 static void flush_done(worker_shared *ws, btl_worker_env *env, const btl_job *batch, int nbatch,
                        pending_done *pd, run_agg *aggs, int *naggs)
 {
@@ -195,8 +205,12 @@ static void flush_done(worker_shared *ws, btl_worker_env *env, const btl_job *ba
     if (pd->n == 0)
         return;
     int n_ok = 0;
-    if (btl_jobs_complete_ids(env->db, pd->ids, pd->n, ws->opts->instance, pd->done, &n_ok) != 0)
-        BTL_WARN("complete failed", "error", btl_db_last_error(env->db));
+    if (btl_jobs_complete_ids(env->db, pd->ids, pd->n, ws->opts->instance, pd->done, &n_ok) != 0) {
+        BTL_WARN("outcomes not recorded: the jobs will run again after their lease", "count",
+                 btl_log_i64((char[32]){0}, pd->n), "error", btl_db_last_error(env->db));
+        pd->n = 0;
+        return;
+    }
     for (int d = 0; d < pd->n; d++) {
         bool ours = false;
         for (int k = 0; k < n_ok && !ours; k++)
@@ -225,7 +239,16 @@ static void flush_done(worker_shared *ws, btl_worker_env *env, const btl_job *ba
  * passed (so long drains still report), or we are stopping. Successes are
  * marked done in batches, but at least every 250 ms, so a crash re-runs
  * little finished work. Returns the number of jobs claimed. */
-static int drain(worker_shared *ws, btl_worker_env *env, btl_job *batch, pending_done *pd)
+static void set_held(worker_shared *ws, int64_t *slots, const btl_job *batch, int n)
+{
+    pthread_mutex_lock(&ws->lock);
+    for (int k = 0; k < ws->held_per_thread; k++)
+        slots[k] = k < n ? batch[k].id : 0;
+    pthread_mutex_unlock(&ws->lock);
+}
+
+static int drain(worker_shared *ws, btl_worker_env *env, btl_job *batch, pending_done *pd,
+                 int64_t *held)
 {
     const btl_config *cfg = ws->cfg;
     run_agg aggs[MAX_AGG];
@@ -241,6 +264,7 @@ static int drain(worker_shared *ws, btl_worker_env *env, btl_job *batch, pending
         }
         if (n == 0)
             break;
+        set_held(ws, held, batch, n);
         total += n;
         pd->n = 0;
         pd->last_flush_ms = btl_mono_ms();
@@ -299,6 +323,7 @@ static int drain(worker_shared *ws, btl_worker_env *env, btl_job *batch, pending
             BTL_INFO("released unfinished jobs", "count", btl_log_i64((char[32]){0}, nr));
         }
         flush_done(ws, env, batch, i, pd, aggs, &naggs);
+        set_held(ws, held, batch, 0);
         btl_metric_inc(ws->m_active, NULL, -n);
         for (int k = 0; k < n; k++)
             btl_job_clear(&batch[k]);
@@ -340,7 +365,7 @@ static void *thread_main(void *arg)
                               .service = ws->opts->service,
                               .instance = ws->opts->instance,
                               .stop = &ws->stop};
-        int got = drain(ws, &env, batch, &pd);
+        int got = drain(ws, &env, batch, &pd, ws->held + (size_t)t->index * (size_t)bs);
         if (got > 0)
             continue; /* more may be waiting */
         /* Sleep until a tick or the fallback poll. */
@@ -377,21 +402,41 @@ static void *heartbeat_main(void *arg)
     int64_t period = ws->cfg->worker.lease_ms / 3;
     if (period > 2000)
         period = 2000;
+    btl_buf ids;
+    btl_buf_init(&ids, (size_t)8 << 20);
     while (!ws->stop) {
         if (db == NULL && btl_db_open(ws->cfg->database.url, &db, err, sizeof err) != 0)
             db = NULL;
         int ok = 0;
         if (db != NULL && btl_db_ensure(db) == 0) {
-            const char *p[] = {lease_s, ws->opts->instance};
-            ok = btl_db_query(db,
-                              "UPDATE jobs SET lease_until = now() + $1::interval "
-                              "WHERE status = 'running' AND locked_by = $2",
-                              2, p, NULL) == 0;
+            /* Only what this process holds now: never a lease by name. */
+            int nheld = 0;
+            btl_buf_reset(&ids);
+            btl_buf_puts(&ids, "{");
+            pthread_mutex_lock(&ws->lock);
+            for (int k = 0; k < ws->nthreads * ws->held_per_thread; k++) {
+                if (ws->held[k] == 0)
+                    continue;
+                char one[32];
+                btl_snprintf(one, sizeof one, "%s%lld", nheld ? "," : "", (long long)ws->held[k]);
+                btl_buf_puts(&ids, one);
+                nheld++;
+            }
+            pthread_mutex_unlock(&ws->lock);
+            btl_buf_puts(&ids, "}");
+            const char *p[] = {lease_s, ws->opts->instance, ids.data};
+            ok = nheld > 0 ? btl_db_query(db,
+                                          "UPDATE jobs SET lease_until = now() + $1::interval "
+                                          "WHERE status = 'running' AND locked_by = $2 "
+                                          "AND id = ANY ($3::bigint[])",
+                                          3, p, NULL) == 0
+                           : btl_db_query(db, "SELECT 1", 0, NULL, NULL) == 0;
         }
         atomic_store(&ws->db_ok, ok);
         for (int64_t slept = 0; slept < period && !ws->stop; slept += 50)
             btl_sleep_ms(50);
     }
+    btl_buf_free(&ids);
     btl_db_close(db);
     return NULL;
 }
@@ -419,7 +464,9 @@ static int start_threads(worker_shared *ws)
     ws->stop = 0;
     ws->nthreads = ws->cfg->worker.concurrency;
     ws->threads = calloc((size_t)ws->nthreads, sizeof *ws->threads);
-    if (ws->threads == NULL)
+    ws->held_per_thread = ws->cfg->worker.batch_size;
+    ws->held = calloc((size_t)ws->nthreads * (size_t)ws->held_per_thread, sizeof *ws->held);
+    if (ws->threads == NULL || ws->held == NULL)
         return BTL_ENOMEM;
     for (int i = 0; i < ws->nthreads; i++) {
         ws->threads[i].index = i;
@@ -450,6 +497,8 @@ static void stop_threads(worker_shared *ws)
     free(ws->threads);
     ws->threads = NULL;
     ws->nthreads = 0;
+    free(ws->held);
+    ws->held = NULL;
 }
 
 static void wake_all(worker_shared *ws)
