@@ -226,7 +226,8 @@ if [ -x "$BTL_BUILD/fake_llm" ]; then
 
     # 429 on every call: rate limited → the job is snoozed until the reset
     # (queued again, no attempt used), the run is not a failure.
-    make_config "$(fake_llm_cfg fake_rate --fail-first 1000000 --fail-status 429 --fail-kind rate --retry-after 1)" "$T/rate.yaml"
+    fake_llm_cfg fake_rate --fail-first 1000000 --fail-status 429 --fail-kind rate --retry-after 1 >"$T/fake_rate.cfg" # not in $(...): the fake must stay in PIDS
+    make_config "$(cat "$T/fake_rate.cfg")" "$T/rate.yaml"
     start cur-rate btl-curator --config "$T/rate.yaml" --http "127.0.0.1:$HTTP_X" --instance cur-rate
     check "trigger cur_keep (rate limited)" trigger cur_keep
     check "rate limited: the job is snoozed, its attempt kept" wait_for "rate snooze" 30 sql_ge "SELECT count(*) FROM jobs WHERE task_id = 'cur_keep' AND status = 'queued' AND attempts = 0 AND run_after > now() - interval '5 seconds' AND last_error LIKE '%rate limited%'" 1
@@ -238,7 +239,8 @@ if [ -x "$BTL_BUILD/fake_llm" ]; then
     check "cur-rate exits 0 (got $STOP_STATUS)" test "$STOP_STATUS" = 0
 
     # 401: unrecoverable → the task is paused at once.
-    make_config "$(fake_llm_cfg fake_auth --fail-first 1000000 --fail-status 401)" "$T/auth.yaml"
+    fake_llm_cfg fake_auth --fail-first 1000000 --fail-status 401 >"$T/fake_auth.cfg" # not in $(...): the fake must stay in PIDS
+    make_config "$(cat "$T/fake_auth.cfg")" "$T/auth.yaml"
     start cur-auth btl-curator --config "$T/auth.yaml" --http "127.0.0.1:$HTTP_X" --instance cur-auth
     check "trigger cur_auto (401)" trigger cur_auto
     check "401: task paused as unrecoverable" wait_for "paused" 30 sql_eq "SELECT is_paused FROM tasks WHERE task_id = 'cur_auto'" t
@@ -248,7 +250,8 @@ if [ -x "$BTL_BUILD/fake_llm" ]; then
     check "cur-auth exits 0 (got $STOP_STATUS)" test "$STOP_STATUS" = 0
 
     # A slow LLM and SIGTERM mid-call: exit 0 in time, claims given back.
-    make_config "$(fake_llm_cfg fake_slow --delay-ms 3000)" "$T/slow.yaml"
+    fake_llm_cfg fake_slow --delay-ms 3000 >"$T/fake_slow.cfg" # not in $(...): the fake must stay in PIDS
+    make_config "$(cat "$T/fake_slow.cfg")" "$T/slow.yaml"
     start cur-slow btl-curator --config "$T/slow.yaml" --http "127.0.0.1:$HTTP_X" --instance cur-slow
     check "cur-slow ready" wait_for "cur-slow" 30 http_ok "$HTTP_X" /health/ready
     check "trigger cur_strict (slow)" trigger cur_strict
