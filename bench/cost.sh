@@ -148,6 +148,9 @@ run_provider() { # run_provider SCENARIO PROVIDER DELAY_MS TRIGGERS
     cur_ok=$(($(metric_sum "$hc" btl_llm_requests_total 'code="ok"') + $(metric_sum "$hc" btl_llm_requests_total 'code="200"')))
     cur_pt=$(metric_sum "$hc" btl_llm_tokens_total 'kind="prompt"')
     cur_ct=$(metric_sum "$hc" btl_llm_tokens_total 'kind="completion"')
+    local dups audit
+    dups=$(metric_sum "$hg" btl_posts_duplicates_total)
+    audit=$(metric_sum "$hg" btl_posts_audit_rejected_total)
     local counts
     counts=$(psql "$DATABASE_URL" -qAtX -F' ' -c "
         SELECT (SELECT count(*) FROM jobs WHERE kind = 'generate.post'),
@@ -159,9 +162,12 @@ run_provider() { # run_provider SCENARIO PROVIDER DELAY_MS TRIGGERS
                (SELECT count(*) FROM posts WHERE status = 'rejected' AND reject_reason LIKE 'not in top%'),
                (SELECT count(*) FROM posts WHERE scores IS NOT NULL),
                (SELECT count(*) FROM jobs WHERE kind = 'generate.post' AND status = 'dead'),
-               (SELECT count(*) FROM jobs WHERE queue = 'curator')")
-    local jobs gen cur appr r_dup r_min r_top scored dead cjobs
-    read -r jobs gen cur appr r_dup r_min r_top scored dead cjobs <<<"$counts"
+               (SELECT count(*) FROM jobs WHERE queue = 'curator'),
+               (SELECT count(DISTINCT curated_at) FROM posts WHERE status = 'approved')")
+    # A curation job writes its selection in one transaction: one
+    # curated_at (now()) per job that approved something.
+    local jobs gen cur appr r_dup r_min r_top scored dead cjobs deciding
+    read -r jobs gen cur appr r_dup r_min r_top scored dead cjobs deciding <<<"$counts"
     # Cross-checks: the fake's record and llm_usage count the same requests.
     local rec_gen="-" rec_cur="-" usage_req="-" usage_pt="-" usage_ct="-"
     if [ "$kind" = fake_llm ]; then
@@ -177,7 +183,7 @@ run_provider() { # run_provider SCENARIO PROVIDER DELAY_MS TRIGGERS
             exit 1
         fi
     fi
-    echo "RESULT provider=$prov llm=$kind delay_ms=$delay runs=$triggers jobs=$jobs generated=$gen curated=$cur scored=$scored approved=$appr rejected_near_dup=$r_dup rejected_min_score=$r_min rejected_not_top=$r_top dead_jobs=$dead curate_jobs=$cjobs gen_requests=$gen_req gen_ok=$gen_ok gen_prompt_tokens=$gen_pt gen_completion_tokens=$gen_ct cur_requests=$cur_req cur_ok=$cur_ok cur_prompt_tokens=$cur_pt cur_completion_tokens=$cur_ct record_gen=$rec_gen record_cur=$rec_cur llm_usage_requests=$usage_req" |
+    echo "RESULT provider=$prov llm=$kind delay_ms=$delay runs=$triggers jobs=$jobs generated=$gen duplicates=$dups audit_refused=$audit curated=$cur scored=$scored approved=$appr rejected_near_dup=$r_dup rejected_min_score=$r_min rejected_not_top=$r_top dead_jobs=$dead curate_jobs=$cjobs deciding_jobs=$deciding gen_requests=$gen_req gen_ok=$gen_ok gen_prompt_tokens=$gen_pt gen_completion_tokens=$gen_ct cur_requests=$cur_req cur_ok=$cur_ok cur_prompt_tokens=$cur_pt cur_completion_tokens=$cur_ct record_gen=$rec_gen record_cur=$rec_cur llm_usage_requests=$usage_req" |
         tee -a "$raw" >&2
     # Per act, from the posts' own reports (stored posts only).
     psql "$DATABASE_URL" -qAtX -F' ' -c "
@@ -236,7 +242,8 @@ report() {
         l=$(grep "provider=$p " "$raw") || continue
         echo "- $p: $(field rejected_near_dup "$l") / $(field rejected_min_score "$l") / $(field rejected_not_top "$l");" \
             "$(field scored "$l") posts scored by the LLM; $(field curate_jobs "$l") curation jobs (one per post.generated" \
-            "event, 3 s after it; those finding nothing to claim make no call); dead generate.post jobs: $(field dead_jobs "$l")"
+            "event, 3 s after it), $(field deciding_jobs "$l") of them approved posts; jobs that stored no post:" \
+            "$(field duplicates "$l") duplicate text, $(field audit_refused "$l") refused by the audit act, $(field dead_jobs "$l") dead"
     done
     echo
     echo "Per act (averages over the stored posts' metadata.acts: attempts = calls, tokens per post):"

@@ -207,7 +207,7 @@ run_scenario() {
         {
             echo "### perf, $name, $reps replica(s): CPU samples by process"
             echo '```'
-            perf report -i "$dir/perf.data" --no-children --sort comm --stdio 2>/dev/null |
+            perf report -i "$dir/perf.data" --no-children --sort comm --stdio -g none 2>/dev/null |
                 grep -v -e '^#' -e '^$' | sed -n '1,15p' || true
             echo '```'
             echo "### perf, $name, $reps replica(s): top symbols"

@@ -146,21 +146,21 @@ if [ "$PEERS" = 1 ]; then
 fi
 
 # ---- pgbench ceiling: the same schema, N queued jobs, one job per transaction
-pgbench_one() { # pgbench_one SCRIPT CLIENTS
-    local db script=$1 c=$2 out tps left
+pgbench_one() { # pgbench_one SCRIPT CLIENTS [PROTOCOL]
+    local db script=$1 c=$2 proto=${3:-prepared} out tps left
     db=$(fresh_db)
     for f in "$mig"/*.up.sql; do psql "$db" -qAtX -v ON_ERROR_STOP=1 -f "$f" >/dev/null; done
     psql "$db" -qAtX -v ON_ERROR_STOP=1 -c "INSERT INTO jobs (queue, kind, task_id, payload)
         SELECT 'generator', 'op', 'bench', '{\"op\":\"noop\"}' FROM generate_series(1, $JOBS)" \
         -c "VACUUM ANALYZE jobs" >/dev/null
-    out=$(pgbench -n -M prepared -c "$c" -j "$c" -t $((JOBS / c)) -f "$here/$script" "$db" 2>&1) || {
+    out=$(pgbench -n -M "$proto" -c "$c" -j "$c" -t $((JOBS / c)) -f "$here/$script" "$db" 2>&1) || {
         echo "run.sh: pgbench failed: $out" >&2
         exit 1
     }
     tps=$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time).*/\1/p' <<<"$out")
     left=$(psql "$db" -qAtX -c "SELECT count(*) FILTER (WHERE status <> 'done') FROM jobs")
     [ "$left" = "$((JOBS - JOBS / c * c))" ] || { echo "run.sh: pgbench left $left jobs not done" >&2; exit 1; }
-    echo "RESULT impl=pgbench mode=throughput script=${script%.sql} jobs=$((JOBS / c * c)) workers=$c batch=1 jobs_per_s=${tps%.*}" |
+    echo "RESULT impl=pgbench mode=throughput script=${script%.sql} protocol=$proto jobs=$((JOBS / c * c)) workers=$c batch=1 jobs_per_s=${tps%.*}" |
         tee -a "$raw" >&2
     drop_db "$db"
 }
@@ -171,6 +171,8 @@ if [ "$PGBENCH" = 1 ]; then
         for _ in $(seq "$REPEATS"); do
             pgbench_one pgbench_claim1.sql "$w"
             pgbench_one pgbench_claim2.sql "$w"
+            # As libpq's PQexecParams (db.c): parse and plan on every execution.
+            pgbench_one pgbench_claim2.sql "$w" extended
         done
     done
 fi
@@ -244,18 +246,21 @@ report() {
         echo "migrations, jobs_claim_order_idx). claim1 = bench/queue/pgbench_claim1.sql: ONE statement per"
         echo "job, UPDATE ... SET status = 'done' WHERE id = (SELECT id ... ORDER BY priority DESC,"
         echo "run_after, id LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING id. claim2 = pgbench_claim2.sql:"
-        echo "our two statements at B=1 (claim with lease ... RETURNING, then complete). Median of $REPEATS."
+        echo "our two statements at B=1 (claim with lease ... RETURNING, then complete), with prepared"
+        echo "statements (-M prepared) and re-parsed and re-planned on every execution (-M extended, what"
+        echo "libpq's PQexecParams does: our db layer's only way to run a statement). Median of $REPEATS."
         echo
-        echo "| clients = workers | pgbench claim1 | pgbench claim2 | botticelli B=1 | B=1 ÷ claim2 | B=1 ÷ claim1 | botticelli B=10 ÷ claim1 | botticelli B=100 ÷ claim1 |"
-        echo "|---|---|---|---|---|---|---|---|"
-        local c1 c2 b1 b10 b100
+        echo "| clients = workers | pgbench claim1 | pgbench claim2 prepared | pgbench claim2 extended | botticelli B=1 | B=1 ÷ claim2 extended | B=1 ÷ claim2 prepared | B=1 ÷ claim1 | botticelli B=10 ÷ claim1 | botticelli B=100 ÷ claim1 |"
+        echo "|---|---|---|---|---|---|---|---|---|---|"
+        local c1 c2 c2e b1 b10 b100
         for w in $WORKERS; do
-            c1=$(tp_median pgbench "$w" 1 "script=pgbench_claim1 ")
-            c2=$(tp_median pgbench "$w" 1 "script=pgbench_claim2 ")
+            c1=$(tp_median pgbench "$w" 1 "script=pgbench_claim1 protocol=prepared ")
+            c2=$(tp_median pgbench "$w" 1 "script=pgbench_claim2 protocol=prepared ")
+            c2e=$(tp_median pgbench "$w" 1 "script=pgbench_claim2 protocol=extended ")
             b1=$(tp_median botticelli "$w" 1)
             b10=$(tp_median botticelli "$w" 10)
             b100=$(tp_median botticelli "$w" 100)
-            echo "| $w | $c1 | $c2 | $b1 | $(ratio "$b1" "$c2") | $(ratio "$b1" "$c1") | $(ratio "$b10" "$c1") | $(ratio "$b100" "$c1") |"
+            echo "| $w | $c1 | $c2 | $c2e | $b1 | $(ratio "$b1" "$c2e") | $(ratio "$b1" "$c2") | $(ratio "$b1" "$c1") | $(ratio "$b10" "$c1") | $(ratio "$b100" "$c1") |"
         done
         echo
     fi
