@@ -242,31 +242,14 @@ static void count_tokens(btl_llm *llm, const char *model, int64_t pt, int64_t ct
 
 /* ---------------------------------------------------------------- budget */
 
+/* The minute and day windows a reservation counted into, as the database
+ * computed them (its clock, not this host's: replicas whose clocks
+ * disagree still share rows). set is false for an unlimited budget. */
 struct windows {
-    char minute[32], day[32];
+    bool set;
+    char minute[40], day[40];
     int64_t ms_to_next_minute, ms_to_next_day;
 };
-
-/* Windows follow the database's clock, so replicas on hosts whose clocks
- * disagree still count into the same minute and day rows; the local clock
- * is the fallback when the query fails (the reservation then reports it). */
-static void compute_windows(btl_db *db, struct windows *w)
-{
-    int64_t now = btl_now_ms();
-    PGresult *r = NULL;
-    if (db != NULL &&
-        btl_db_query(db, "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint", 0, NULL,
-                     &r) == 0) {
-        if (PQntuples(r) == 1)
-            now = btl_db_get_i64(r, 0, 0);
-        PQclear(r);
-    }
-    int64_t m0 = now - now % 60000, d0 = now - now % 86400000;
-    btl_format_iso8601(m0, w->minute, sizeof w->minute);
-    btl_format_iso8601(d0, w->day, sizeof w->day);
-    w->ms_to_next_minute = m0 + 60000 - now;
-    w->ms_to_next_day = d0 + 86400000 - now;
-}
 
 static int64_t scaled_limit(int64_t v, double mult)
 {
@@ -277,35 +260,63 @@ static int64_t scaled_limit(int64_t v, double mult)
     return l < 1 ? 1 : (int64_t)l;
 }
 
+static bool budget_limited(const btl_budget_cfg *b)
+{
+    return b->rpm > 0 || b->rpd > 0 || b->tpm > 0 || b->tpd > 0;
+}
+
 /* Reserve one request in both windows, atomically: the rows are locked in
  * a fixed order and re-read at their newest version, so concurrent
  * reservations from any replica serialize and never over-admit. Every
  * statement here touches the 'day' row before the 'minute' row (sort order
- * of window_kind), so they cannot deadlock with each other. */
-static int budget_reserve(btl_llm *llm, btl_db *db, const char *model, const struct windows *w,
+ * of window_kind), so they cannot deadlock with each other. An unlimited
+ * budget reserves nothing (w->set stays false; budget_record counts). */
+static int budget_reserve(btl_llm *llm, btl_db *db, const char *model, struct windows *w,
                           int64_t *retry_after_ms, char *err, size_t errlen)
 {
     const btl_budget_cfg *b = &llm->cfg->budget;
+    memset(w, 0, sizeof *w);
+    if (!budget_limited(b))
+        return 0;
     int64_t lim[4] = {scaled_limit(b->rpm, b->multiplier), scaled_limit(b->tpm, b->multiplier),
                       scaled_limit(b->rpd, b->multiplier), scaled_limit(b->tpd, b->multiplier)};
-    if (lim[0] == 0 && lim[1] == 0 && lim[2] == 0 && lim[3] == 0)
-        return 0; /* unlimited: nothing to reserve, tokens are still recorded */
     char ls[4][24];
     for (int i = 0; i < 4; i++)
         btl_snprintf(ls[i], sizeof ls[i], "%" PRId64, lim[i]);
     const char *prov = btl_llm_provider(llm);
-    const char *p_ins[] = {prov, model, w->minute, w->day};
-    int rc = btl_db_query(db,
-                          "INSERT INTO llm_usage (provider, model, window_kind, window_start) "
-                          "VALUES ($1, $2, 'day', $4::timestamptz), ($1, $2, 'minute', "
-                          "$3::timestamptz) ON CONFLICT DO NOTHING",
-                          4, p_ins, NULL);
+    const char *p_ins[] = {prov, model};
+    PGresult *r = NULL;
+    /* One now() for both rows and for the windows handed back. */
+    int rc = btl_db_query(
+        db,
+        "WITH w AS (SELECT date_trunc('day', now(), 'UTC') AS d, date_trunc('minute', now()) AS "
+        "m), "
+        "ins AS (INSERT INTO llm_usage (provider, model, window_kind, window_start) "
+        "  SELECT $1, $2, 'day', d FROM w UNION ALL SELECT $1, $2, 'minute', m FROM w "
+        "  ON CONFLICT DO NOTHING) "
+        "SELECT to_char(m AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), "
+        "to_char(d AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), "
+        "ceil(extract(epoch FROM m + interval '1 minute' - clock_timestamp()) * 1000)::bigint, "
+        "ceil(extract(epoch FROM d + interval '1 day' - clock_timestamp()) * 1000)::bigint FROM w",
+        2, p_ins, &r);
     if (rc != 0) {
         set_err(err, errlen, "llm budget: %s", btl_db_last_error(db));
         return BTL_EDB;
     }
+    if (PQntuples(r) == 1) {
+        btl_strlcpy(w->minute, PQgetvalue(r, 0, 0), sizeof w->minute);
+        btl_strlcpy(w->day, PQgetvalue(r, 0, 1), sizeof w->day);
+        w->ms_to_next_minute = btl_db_get_i64(r, 0, 2);
+        w->ms_to_next_day = btl_db_get_i64(r, 0, 3);
+        w->set = true;
+    }
+    PQclear(r);
+    r = NULL;
+    if (!w->set) {
+        set_err(err, errlen, "llm budget: no window from the database");
+        return BTL_EDB;
+    }
     const char *p[] = {prov, model, w->minute, w->day, ls[0], ls[1], ls[2], ls[3]};
-    PGresult *r = NULL;
     rc = btl_db_query(
         db,
         "WITH cur AS (SELECT window_kind, requests, prompt_tokens + completion_tokens AS tokens "
@@ -336,54 +347,52 @@ static int budget_reserve(btl_llm *llm, btl_db *db, const char *model, const str
     if (ok)
         return 0;
     *retry_after_ms = day_full ? w->ms_to_next_day : w->ms_to_next_minute;
+    if (*retry_after_ms < 1)
+        *retry_after_ms = 1;
     set_err(err, errlen, "llm budget for %s/%s exhausted (%s window); retry in %" PRId64 " ms",
             prov, model, day_full ? "day" : "minute", *retry_after_ms);
     return BTL_EAGAIN;
 }
 
+/* After an attempt: tokens into the windows the request was reserved in;
+ * without a reservation (unlimited budget) the request itself is counted
+ * here too, into the current windows, in the same single upsert. Failure
+ * only loses accounting, never the reply: it is ignored (after one retry of
+ * a deadlock or serialization failure). */
 static void budget_record(btl_llm *llm, btl_db *db, const char *model, const struct windows *w,
                           int64_t pt, int64_t ct)
 {
     char ps[24], cs[24];
     btl_snprintf(ps, sizeof ps, "%" PRId64, pt < 0 ? 0 : pt);
     btl_snprintf(cs, sizeof cs, "%" PRId64, ct < 0 ? 0 : ct);
-    const char *p[] = {btl_llm_provider(llm), model, w->minute, w->day, ps, cs};
-    /* Upsert: with an unlimited budget nothing was reserved. Failure only
-     * loses accounting, never the reply: it is ignored (after one retry of
-     * a deadlock or serialization failure). */
+    if (w->set && pt <= 0 && ct <= 0)
+        return; /* reserved, nothing more to add */
+    const char *p[] = {btl_llm_provider(llm),
+                       model,
+                       w->set ? w->minute : NULL,
+                       w->set ? w->day : NULL,
+                       w->set ? "0" : "1",
+                       ps,
+                       cs};
     for (int i = 0; i < 2; i++) {
-        int rc =
-            btl_db_query(db,
-                         "INSERT INTO llm_usage AS u (provider, model, window_kind, window_start, "
-                         "prompt_tokens, completion_tokens) VALUES "
-                         "($1, $2, 'day', $4::timestamptz, $5::bigint, $6::bigint), "
-                         "($1, $2, 'minute', $3::timestamptz, $5::bigint, $6::bigint) "
-                         "ON CONFLICT (provider, model, window_kind, window_start) DO UPDATE SET "
-                         "prompt_tokens = u.prompt_tokens + EXCLUDED.prompt_tokens, "
-                         "completion_tokens = u.completion_tokens + EXCLUDED.completion_tokens, "
-                         "updated_at = now()",
-                         6, p, NULL);
+        int rc = btl_db_query(
+            db,
+            "INSERT INTO llm_usage AS u (provider, model, window_kind, window_start, requests, "
+            "prompt_tokens, completion_tokens) VALUES "
+            "($1, $2, 'day', coalesce($4::timestamptz, date_trunc('day', now(), 'UTC')), "
+            "$5::int, $6::bigint, $7::bigint), "
+            "($1, $2, 'minute', coalesce($3::timestamptz, date_trunc('minute', now())), "
+            "$5::int, $6::bigint, $7::bigint) "
+            "ON CONFLICT (provider, model, window_kind, window_start) DO UPDATE SET "
+            "requests = u.requests + EXCLUDED.requests, "
+            "prompt_tokens = u.prompt_tokens + EXCLUDED.prompt_tokens, "
+            "completion_tokens = u.completion_tokens + EXCLUDED.completion_tokens, "
+            "updated_at = now()",
+            7, p, NULL);
         const char *st = btl_db_last_sqlstate(db);
         if (rc == 0 || (strcmp(st, "40P01") != 0 && strcmp(st, "40001") != 0))
             break;
     }
-}
-
-/* Requests not reserved in the unlimited case are still counted. */
-static void budget_count_unreserved(btl_llm *llm, btl_db *db, const char *model,
-                                    const struct windows *w)
-{
-    const btl_budget_cfg *b = &llm->cfg->budget;
-    if (b->rpm > 0 || b->rpd > 0 || b->tpm > 0 || b->tpd > 0)
-        return;
-    const char *p[] = {btl_llm_provider(llm), model, w->minute, w->day};
-    (void)btl_db_query(db,
-                       "INSERT INTO llm_usage AS u (provider, model, window_kind, window_start, "
-                       "requests) VALUES ($1, $2, 'day', $4::timestamptz, 1), "
-                       "($1, $2, 'minute', $3::timestamptz, 1) "
-                       "ON CONFLICT (provider, model, window_kind, window_start) DO UPDATE SET "
-                       "requests = u.requests + 1, updated_at = now()",
-                       4, p, NULL);
 }
 
 /* ------------------------------------------------------------------ HTTP */
@@ -839,8 +848,7 @@ int btl_llm_complete(btl_llm *llm, btl_db *db, const btl_llm_request *req, btl_l
                 rc = rc == BTL_ETIMEDOUT ? BTL_ETIMEDOUT : BTL_EHTTP;
             goto out;
         }
-        struct windows w;
-        compute_windows(db, &w);
+        struct windows w = {.set = false};
         if (db) {
             int64_t ra = 0;
             rc = budget_reserve(llm, db, model, &w, &ra, err, errlen);
@@ -853,10 +861,15 @@ int btl_llm_complete(btl_llm *llm, btl_db *db, const btl_llm_request *req, btl_l
                 count_req(llm, model, "budget_error");
                 goto out;
             }
-            budget_count_unreserved(llm, db, model, &w);
         }
         long status = 0;
         rc = http_post(llm, url, hdrs, body, remaining, &status, last, sizeof last);
+        bool got = rc == 0 && status >= 200 && status < 300;
+        int parse_rc = got ? parse_reply(llm, llm->body.data, llm->body.len, resp, err, errlen) : 0;
+        bool usable = got && parse_rc == 0;
+        if (db) /* one upsert per attempt, whatever its outcome */
+            budget_record(llm, db, model, &w, usable ? resp->prompt_tokens : 0,
+                          usable ? resp->completion_tokens : 0);
         int64_t wait = -1; /* >= 0: retry after this long */
         if (rc == BTL_ETOOBIG) {
             count_req(llm, model, "too_big");
@@ -872,14 +885,10 @@ int btl_llm_complete(btl_llm *llm, btl_db *db, const btl_llm_request *req, btl_l
             btl_snprintf(code, sizeof code, "%ld", status);
             count_req(llm, model, code);
             resp->http_status = (int)status;
-            if (status >= 200 && status < 300) {
-                rc = parse_reply(llm, llm->body.data, llm->body.len, resp, err, errlen);
-                if (rc == 0) {
+            if (got) {
+                rc = parse_rc;
+                if (rc == 0)
                     count_tokens(llm, model, resp->prompt_tokens, resp->completion_tokens);
-                    if (db)
-                        budget_record(llm, db, model, &w, resp->prompt_tokens,
-                                      resp->completion_tokens);
-                }
                 goto out;
             }
             struct err_info ei;
@@ -894,7 +903,7 @@ int btl_llm_complete(btl_llm *llm, btl_db *db, const btl_llm_request *req, btl_l
                 if (ei.per_day) {
                     /* Google's daily quotas reset at midnight Pacific time. */
                     int64_t reset = ms_to_pacific_midnight(btl_now_ms());
-                    resp->retry_after_ms = reset > 0 ? reset : w.ms_to_next_day;
+                    resp->retry_after_ms = reset > 0 ? reset : 86400000;
                     set_err(err, errlen,
                             "HTTP 429 daily quota exhausted: %s; retry in %" PRId64 " ms", msg,
                             resp->retry_after_ms);
