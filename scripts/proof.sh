@@ -6,16 +6,18 @@
 #      leader kills, 100,000 junk frames) on the sanitized build; its
 #      figures replace the text between <!-- proof:faults:begin --> and
 #      <!-- proof:faults:end --> in docs/RELIABILITY.md;
-#   2. bash scripts/fuzz.sh FUZZ_SECONDS        (if the script exists)
-#   3. bash scripts/valgrind.sh RELEASE_BUILD   (if the script exists)
-#   4. make bench
+#   2. bash scripts/fuzz.sh FUZZ_SECONDS: its table -> proof:fuzz block
+#   3. bash scripts/valgrind.sh RELEASE_BUILD: its table -> proof:valgrind
+#   4. the benchmarks of make bench (queue, pipeline, cost, footprint), each
+#      table -> the proof:<name> block of docs/PERFORMANCE.md
 #
 # Environment:
 #   PROOF_BUILD          sanitized build directory (default build-test)
 #   PROOF_RELEASE_BUILD  release build for valgrind (default build)
 #   FUZZ_SECONDS         seconds per fuzz target (default 60)
 #   PROOF_SKIP           comma list of steps to skip: faults,fuzz,valgrind,bench
-#   PROOF_DOC            the file to update (default docs/RELIABILITY.md)
+#   PROOF_DOC            reliability figures (default docs/RELIABILITY.md)
+#   PROOF_PERF_DOC       performance figures (default docs/PERFORMANCE.md)
 #   BTL_FAULTS_SEED      fixes the fault run's random choices
 # Exits 1 if any step failed (every step still runs).
 set -uo pipefail
@@ -110,24 +112,55 @@ PY
     fi
 fi
 
+# Each later step's measured table replaces a generated block of the docs
+# (scripts/doc_block.sh): proof:fuzz and proof:valgrind in RELIABILITY.md,
+# proof:queue, proof:pipeline, proof:cost and proof:footprint in
+# PERFORMANCE.md. A failed step still writes its table (it says FAILED).
+PERF=${PROOF_PERF_DOC:-docs/PERFORMANCE.md}
+stamp() { echo "Run: \`make proof\`, $(date -u '+%Y-%m-%d %H:%M') UTC, commit $(git describe --always --dirty), $(nproc) CPUs, 1-minute load before the step $(cut -d' ' -f1 /proc/loadavg)."; }
+mkdir -p "$OUT"
+
 # ---- 2. fuzzing ------------------------------------------------------------------
 if ! skip fuzz && [ -f scripts/fuzz.sh ]; then
     step "fuzz (${FUZZ_SECONDS:-60} s per target)"
+    head=$(stamp)
     bash scripts/fuzz.sh "${FUZZ_SECONDS:-60}" || FAILED+=(fuzz)
+    if [ -s build-fuzz/summary.txt ]; then
+        { echo '```'; cat build-fuzz/summary.txt; echo '```'; } >"$OUT/fuzz.md"
+        bash scripts/doc_block.sh "$DOC" fuzz "$OUT/fuzz.md" "$head"
+    fi
 fi
 
 # ---- 3. valgrind -----------------------------------------------------------------
 if ! skip valgrind && [ -f scripts/valgrind.sh ]; then
     step "valgrind ($RELEASE)"
+    head=$(stamp)
     { cmake -S . -B "$RELEASE" -DCMAKE_BUILD_TYPE=Release -DBTL_SANITIZE=OFF >/dev/null &&
         cmake --build "$RELEASE" -j"$(nproc)" >/dev/null &&
-        bash scripts/valgrind.sh "$RELEASE"; } || FAILED+=(valgrind)
+        bash scripts/valgrind.sh "$RELEASE" | tee "$OUT/valgrind.md"; } || FAILED+=(valgrind)
+    grep -q '^| btl-' "$OUT/valgrind.md" 2>/dev/null &&
+        bash scripts/doc_block.sh "$DOC" valgrind "$OUT/valgrind.md" "$head"
 fi
 
-# ---- 4. benchmarks ---------------------------------------------------------------
+# ---- 4. benchmarks (what make bench runs, one block each) ------------------------
 if ! skip bench; then
     step "bench"
-    make bench || FAILED+=(bench)
+    { cmake -S . -B "$RELEASE" -DCMAKE_BUILD_TYPE=Release -DBTL_SANITIZE=OFF >/dev/null &&
+        cmake --build "$RELEASE" -j"$(nproc)" >/dev/null; } || FAILED+=(bench-build)
+    bench_step() { # NAME RESULT_FILE COMMAND...
+        local name=$1 result=$2 head
+        shift 2
+        step "bench: $name"
+        head=$(stamp)
+        rm -f "$result"
+        "$@" || FAILED+=("bench-$name")
+        [ -s "$result" ] && bash scripts/doc_block.sh "$PERF" "$name" "$result" "$head"
+    }
+    bench_step queue bench/queue/results/latest.md bash bench/queue/run.sh "$RELEASE"
+    bench_step pipeline bench/results/pipeline.md bash bench/pipeline.sh "$RELEASE"
+    bench_step cost bench/results/cost.md bash bench/cost.sh "$RELEASE"
+    bench_step footprint "$OUT/footprint.md" \
+        bash -c 'set -o pipefail; bash bench/footprint.sh "$1" | tee "$2"' _ "$RELEASE" "$OUT/footprint.md"
 fi
 
 echo
