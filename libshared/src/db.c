@@ -15,6 +15,20 @@
 #define SECRET_MAX 256
 #define MIGRATION_NAME_MAX 100
 #define MIGRATION_FILES_MAX 10000
+/* Statement cache: SQL texts longer than this are never prepared (bounds
+ * the memory the cache can hold); texts seen once are remembered by hash
+ * only, in a ring of this many (a text is prepared when it comes back
+ * before that many other uncached texts ran). */
+#define STMT_SQL_MAX (16u * 1024u)
+#define STMT_SEEN_MAX 512
+
+/* A statement prepared on the current session under name. */
+typedef struct stmt {
+    uint64_t hash;
+    size_t len;
+    char *sql;
+    char name[24];
+} stmt;
 
 struct btl_db {
     PGconn *conn;
@@ -29,7 +43,75 @@ struct btl_db {
     char last_error[DB_ERRLEN];
     char last_notice[256];
     char sqlstate[6];
+    /* Prepared statements of the current session (they die with it). */
+    stmt stmts[BTL_DB_STMT_CACHE_MAX];
+    int nstmts;
+    uint64_t stmt_seq; /* names are never reused within a session */
+    uint64_t seen[STMT_SEEN_MAX];
+    unsigned seen_next;
+    btl_db_stmt_stats stats;
 };
+
+/* ---- statement cache --------------------------------------------------- */
+
+static uint64_t sql_hash(const char *s, size_t len)
+{
+    uint64_t h = UINT64_C(0xcbf29ce484222325); /* FNV-1a */
+    for (size_t i = 0; i < len; i++) {
+        h ^= (unsigned char)s[i];
+        h *= UINT64_C(0x100000001b3);
+    }
+    return h;
+}
+
+static stmt *stmt_find(btl_db *db, uint64_t h, const char *sql, size_t len)
+{
+    for (int i = 0; i < db->nstmts; i++) {
+        stmt *s = &db->stmts[i];
+        if (s->hash == h && s->len == len && memcmp(s->sql, sql, len) == 0)
+            return s;
+    }
+    return NULL;
+}
+
+/* Forget one entry (the server side is the caller's business). */
+static void stmt_drop(btl_db *db, stmt *s)
+{
+    free(s->sql);
+    *s = db->stmts[--db->nstmts];
+    memset(&db->stmts[db->nstmts], 0, sizeof db->stmts[0]);
+}
+
+/* Forget everything: the session that held the statements is gone. */
+static void stmt_clear(btl_db *db)
+{
+    for (int i = 0; i < db->nstmts; i++)
+        free(db->stmts[i].sql);
+    memset(db->stmts, 0, sizeof db->stmts);
+    db->nstmts = 0;
+    db->stmt_seq = 0;
+    memset(db->seen, 0, sizeof db->seen);
+    db->seen_next = 0;
+}
+
+/* True when h was seen before; it is then forgotten (it is about to be
+ * prepared). */
+static bool seen_take(btl_db *db, uint64_t h)
+{
+    for (unsigned i = 0; i < STMT_SEEN_MAX; i++) {
+        if (db->seen[i] == h) {
+            db->seen[i] = 0;
+            return true;
+        }
+    }
+    return false;
+}
+
+static void seen_add(btl_db *db, uint64_t h)
+{
+    db->seen[db->seen_next] = h;
+    db->seen_next = (db->seen_next + 1) % STMT_SEEN_MAX;
+}
 
 /* ---- messages ---------------------------------------------------------- */
 
@@ -232,6 +314,7 @@ void btl_db_close(btl_db *db)
         return;
     if (db->conn != NULL)
         PQfinish(db->conn);
+    stmt_clear(db);
     /* The password copies must not linger in freed memory. */
     volatile char *p = db->secret;
     for (size_t i = 0; i < sizeof db->secret; i++)
@@ -286,6 +369,7 @@ int btl_db_ensure(btl_db *db)
         btl_snprintf(why, sizeof why, "after \"%s\": ", db->last_notice);
     db->last_notice[0] = '\0';
     db->reset_attempts++;
+    stmt_clear(db); /* prepared statements die with the session */
     PQreset(db->conn);
     if (PQstatus(db->conn) == CONNECTION_OK) {
         db->bad = false;
@@ -395,8 +479,64 @@ static void start_call(btl_db *db)
     db->sqlstate[0] = '\0';
 }
 
-int btl_db_query(btl_db *db, const char *sql, int nparams, const char *const *params,
-                 PGresult **res)
+static int exec_unprepared(btl_db *db, const char *sql, int nparams, const char *const *params,
+                           PGresult **res)
+{
+    db->stats.unprepared_execs++;
+    return finish(db, PQexecParams(db->conn, sql, nparams, NULL, params, NULL, NULL, 0), res);
+}
+
+/* Prepare sql under a new name and add it to the cache. Parameter types are
+ * left to the server exactly as PQexecParams with NULL types does (libpq
+ * sends the same Parse message, only named). Returns 0 with *out set, 1 when
+ * the statement cannot be cached here (the caller runs it unprepared), or
+ * the error of the failed Parse (mapped by finish, like any query error). */
+static int stmt_prepare(btl_db *db, uint64_t h, const char *sql, size_t len, int nparams,
+                        stmt **out)
+{
+    stmt *s = &db->stmts[db->nstmts];
+    char *copy = malloc(len + 1);
+    if (copy == NULL)
+        return 1;
+    memcpy(copy, sql, len + 1);
+    btl_snprintf(s->name, sizeof s->name, "btl_s%" PRIu64, ++db->stmt_seq);
+    PGresult *r = PQprepare(db->conn, s->name, sql, nparams, NULL);
+    if (r == NULL || PQresultStatus(r) != PGRES_COMMAND_OK) {
+        free(copy);
+        int rc = finish(db, r, NULL);
+        return rc != 0 ? rc : BTL_EDB;
+    }
+    PQclear(r);
+    s->hash = h;
+    s->len = len;
+    s->sql = copy;
+    db->nstmts++;
+    db->stats.prepares++;
+    *out = s;
+    return 0;
+}
+
+/* The execution of s failed because s itself is unusable, not because of
+ * what it does: it no longer exists on the server (26000, e.g. DEALLOCATE
+ * ALL or DISCARD ALL behind our back; the message names it), or a schema
+ * change altered the row type its cached plan must return (0A000, "cached
+ * plan must not change result type"). *gone tells the first case. */
+static bool stmt_unusable(const PGresult *r, const stmt *s, bool *gone)
+{
+    if (r == NULL || PQresultStatus(r) != PGRES_FATAL_ERROR)
+        return false;
+    const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+    const char *primary = PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY);
+    if (state == NULL)
+        return false;
+    char quoted[sizeof s->name + 2];
+    btl_snprintf(quoted, sizeof quoted, "\"%s\"", s->name);
+    *gone = strcmp(state, "26000") == 0 && primary != NULL && strstr(primary, quoted) != NULL;
+    return *gone || strcmp(state, "0A000") == 0;
+}
+
+static int query(btl_db *db, const char *sql, int nparams, const char *const *params,
+                 PGresult **res, bool cache)
 {
     if (res != NULL)
         *res = NULL;
@@ -404,8 +544,75 @@ int btl_db_query(btl_db *db, const char *sql, int nparams, const char *const *pa
         (nparams > 0 && params == NULL))
         return BTL_EINVAL;
     start_call(db);
-    PGresult *r = PQexecParams(db->conn, sql, nparams, NULL, params, NULL, NULL, 0);
+    size_t len = cache ? strnlen(sql, STMT_SQL_MAX + 1) : 0;
+    if (!cache || len > STMT_SQL_MAX)
+        return exec_unprepared(db, sql, nparams, params, res);
+    uint64_t h = sql_hash(sql, len);
+    stmt *s = stmt_find(db, h, sql, len);
+    if (s == NULL) {
+        /* Prepared on its second use: a text run once (or built at run
+         * time with varying content) never costs a Parse round trip nor a
+         * cache slot. When the cache is full, the rest run unprepared. */
+        if (db->nstmts >= BTL_DB_STMT_CACHE_MAX)
+            return exec_unprepared(db, sql, nparams, params, res);
+        if (h == 0 || !seen_take(db, h)) {
+            seen_add(db, h);
+            return exec_unprepared(db, sql, nparams, params, res);
+        }
+        int rc = stmt_prepare(db, h, sql, len, nparams, &s);
+        if (rc == 1)
+            return exec_unprepared(db, sql, nparams, params, res);
+        if (rc != 0)
+            return rc;
+    }
+    PGresult *r = PQexecPrepared(db->conn, s->name, nparams, params, NULL, NULL, 0);
+    bool gone = false;
+    if (stmt_unusable(r, s, &gone)) {
+        char name[sizeof s->name];
+        btl_strlcpy(name, s->name, sizeof name);
+        stmt_drop(db, s);
+        /* Outside a transaction block the failed statement changed nothing:
+         * run it again unprepared (it is prepared anew on its next use).
+         * Inside one the transaction is aborted; the caller sees the error,
+         * as it would for any failed statement, and the entry is gone. */
+        if (PQtransactionStatus(db->conn) == PQTRANS_IDLE) {
+            PQclear(r);
+            if (!gone) {
+                char dealloc[sizeof name + 16];
+                btl_snprintf(dealloc, sizeof dealloc, "DEALLOCATE %s", name);
+                PQclear(PQexec(db->conn, dealloc));
+            }
+            db->stats.retries++;
+            seen_add(db, h);
+            start_call(db);
+            return exec_unprepared(db, sql, nparams, params, res);
+        }
+    }
+    db->stats.prepared_execs++;
     return finish(db, r, res);
+}
+
+int btl_db_query(btl_db *db, const char *sql, int nparams, const char *const *params,
+                 PGresult **res)
+{
+    return query(db, sql, nparams, params, res, true);
+}
+
+int btl_db_query_once(btl_db *db, const char *sql, int nparams, const char *const *params,
+                      PGresult **res)
+{
+    return query(db, sql, nparams, params, res, false);
+}
+
+void btl_db_stmt_stats_get(btl_db *db, btl_db_stmt_stats *out)
+{
+    if (out == NULL)
+        return;
+    memset(out, 0, sizeof *out);
+    if (db == NULL)
+        return;
+    *out = db->stats;
+    out->cached = db->nstmts;
 }
 
 int btl_db_exec(btl_db *db, const char *sql)
@@ -429,7 +636,9 @@ int btl_db_begin(btl_db *db)
 int btl_db_commit(btl_db *db)
 {
     PGresult *r = NULL;
-    int rc = btl_db_query(db, "COMMIT", 0, NULL, &r);
+    /* Never prepared: nothing to plan, and a COMMIT must not depend on a
+     * server-side statement that a DEALLOCATE in the transaction removed. */
+    int rc = btl_db_query_once(db, "COMMIT", 0, NULL, &r);
     if (rc != 0)
         return rc;
     /* COMMIT of an aborted transaction "succeeds" with tag ROLLBACK. */

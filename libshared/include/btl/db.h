@@ -76,9 +76,41 @@ const char *btl_db_last_sqlstate(btl_db *db);
  * success *res is set and the caller PQclear()s it; res may be NULL to
  * discard the result. Returns BTL_EDB on error (last_error holds
  * "SQLSTATE: message"), BTL_ECONFLICT for unique_violation (23505),
- * BTL_ECLOSED when the connection is lost. */
+ * BTL_ECLOSED when the connection is lost.
+ *
+ * Statement cache: a SQL text (up to 16 KiB) run a second time on the
+ * session is prepared (PQprepare, parameter types inferred by the server as
+ * for an unprepared query) and from then on executed with PQexecPrepared,
+ * so the server parses and plans it once instead of on every call. Texts
+ * run once, longer ones and those arriving when BTL_DB_STMT_CACHE_MAX are
+ * cached already run unprepared (PQexecParams). The cache is emptied when
+ * btl_db_ensure reconnects. A cached statement found gone on the server
+ * (26000: DEALLOCATE ALL / DISCARD ALL) or whose row type a schema change
+ * altered (0A000) is dropped and, outside a transaction block, the query
+ * is run again unprepared; inside one the error is returned (the
+ * transaction is aborted, as after any failed statement). Results and
+ * error mapping are otherwise those of the unprepared path; only a bind
+ * error message names the statement ("btl_sN") instead of "". */
 int btl_db_query(btl_db *db, const char *sql, int nparams, const char *const *params,
                  PGresult **res);
+
+/* Statements prepared per connection at most. */
+#define BTL_DB_STMT_CACHE_MAX 128
+
+/* btl_db_query that never prepares: for SQL text built at run time (it
+ * would only fill the statement cache). */
+int btl_db_query_once(btl_db *db, const char *sql, int nparams, const char *const *params,
+                      PGresult **res);
+
+/* Statement cache counters, cumulative over reconnects except cached. */
+typedef struct btl_db_stmt_stats {
+    uint64_t prepares;         /* statements prepared */
+    uint64_t prepared_execs;   /* executions of a prepared statement */
+    uint64_t unprepared_execs; /* executions through PQexecParams */
+    uint64_t retries;          /* prepared statement unusable, re-run unprepared */
+    int cached;                /* statements prepared on the current session */
+} btl_db_stmt_stats;
+void btl_db_stmt_stats_get(btl_db *db, btl_db_stmt_stats *out);
 
 /* One or more statements without params; the result is discarded. */
 int btl_db_exec(btl_db *db, const char *sql);
