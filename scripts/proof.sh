@@ -117,7 +117,7 @@ fi
 # proof:queue, proof:pipeline, proof:cost and proof:footprint in
 # PERFORMANCE.md. A failed step still writes its table (it says FAILED).
 PERF=${PROOF_PERF_DOC:-docs/PERFORMANCE.md}
-stamp() { echo "Run: \`make proof\`, $(date -u '+%Y-%m-%d %H:%M') UTC, commit $(git describe --always --dirty), $(nproc) CPUs, 1-minute load before the step $(cut -d' ' -f1 /proc/loadavg)."; }
+stamp() { echo "Run: \`make proof\`, $(date -u '+%Y-%m-%d %H:%M') UTC, commit $(git rev-parse --short HEAD), $(nproc) CPUs, 1-minute load before the step $(cut -d' ' -f1 /proc/loadavg)."; }
 mkdir -p "$OUT"
 
 # ---- 2. fuzzing ------------------------------------------------------------------

@@ -193,8 +193,6 @@ for target in ${VG_TARGETS:-${SERVICES[*]}}; do
     fi
 done
 
-echo "## Valgrind"
-echo
 echo "$(valgrind --version), $(nproc) CPUs, build $BUILD; flags: --leak-check=full --errors-for-leak-kinds=definite --error-exitcode=3"
 echo
 echo "| service | exit status | definitely lost (bytes) | errors | work |"
