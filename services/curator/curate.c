@@ -390,15 +390,35 @@ static int cmp_rank(const void *a, const void *b)
 int curate_select(const double *scores, size_t n, int top_k, double min_score, curate_dup_fn dup,
                   void *dup_ud, enum curate_decision *decision, size_t *dup_of)
 {
+    return curate_select_groups(scores, n, top_k, min_score, NULL, NULL, 0, dup, dup_ud, decision,
+                                dup_of);
+}
+
+int curate_select_groups(const double *scores, size_t n, int top_k, double min_score,
+                         const size_t *group, const int *group_cap, size_t ngroups,
+                         curate_dup_fn dup, void *dup_ud, enum curate_decision *decision,
+                         size_t *dup_of)
+{
     if (n == 0)
         return 0;
+    if (group != NULL && (group_cap == NULL || ngroups == 0))
+        return BTL_EINVAL;
     rank_item *r = malloc(n * sizeof *r);
     size_t *approved = malloc(n * sizeof *approved);
-    if (r == NULL || approved == NULL) {
+    int *taken = group != NULL ? calloc(ngroups, sizeof *taken) : NULL;
+    if (r == NULL || approved == NULL || (group != NULL && taken == NULL)) {
         free(r);
         free(approved);
+        free(taken);
         return BTL_ENOMEM;
     }
+    for (size_t i = 0; group != NULL && i < n; i++)
+        if (group[i] >= ngroups) {
+            free(r);
+            free(approved);
+            free(taken);
+            return BTL_EINVAL;
+        }
     for (size_t i = 0; i < n; i++)
         r[i] = (rank_item){scores[i], i};
     qsort(r, n, sizeof *r, cmp_rank);
@@ -411,7 +431,8 @@ int curate_select(const double *scores, size_t n, int top_k, double min_score, c
             decision[i] = CURATE_BELOW_MIN;
             continue;
         }
-        if (top_k <= 0 || na >= (size_t)top_k) {
+        if (top_k <= 0 || na >= (size_t)top_k ||
+            (group != NULL && taken[group[i]] >= group_cap[group[i]])) {
             decision[i] = CURATE_NOT_TOP;
             continue;
         }
@@ -430,9 +451,12 @@ int curate_select(const double *scores, size_t n, int top_k, double min_score, c
         }
         decision[i] = CURATE_APPROVE;
         approved[na++] = i;
+        if (group != NULL)
+            taken[group[i]]++;
     }
     free(r);
     free(approved);
+    free(taken);
     return 0;
 }
 
@@ -566,8 +590,15 @@ static int thread_llm(curate_ctx *ctx, const btl_llm_cfg *cfg, btl_llm **out, ch
 
 /* ---- the job ------------------------------------------------------------- */
 
+/* Event jobs start this late, to gather a burst of post.generated events. */
+#define CURATE_EVENT_DELAY_MS 3000
+/* A generation run's closing job looks again this often while the run is
+ * still generating (a snooze: no attempt used). */
+#define CURATE_RUN_WAIT_MS 5000
+
 typedef struct cand {
     int64_t id;
+    int64_t gen_run; /* posts.run_id: the generation run that wrote it; 0 none */
     bool scored;
     double score;
     uint64_t *sh;
@@ -591,7 +622,12 @@ typedef struct cjob {
     size_t nrefs;
     bool refs_loaded;
     bool events_off; /* the scheduler did not take an event: stop trying this job */
-    int64_t n_approved, n_rejected, n_pending;
+    /* Event-woken job (no curation run) in mode auto: posts of a generation
+     * run are scored, not decided; the run's closing job decides them. */
+    bool defer_runs;
+    int64_t close_run; /* closing job of this generation run (payload generation_run) */
+    int64_t n_approved, n_rejected, n_pending, n_deferred;
+    size_t nsel; /* candidates selection decides: c[0..nsel) */
     btl_job_outcome *oc;
 } cjob;
 
@@ -644,7 +680,8 @@ static void emit(cjob *j, const char *status, int64_t id, const char *body, cons
     count_event("sent");
 }
 
-static int cand_push(cjob *j, int64_t id, bool scored, double score, uint64_t *sh, size_t nsh)
+static int cand_push(cjob *j, int64_t id, int64_t gen_run, bool scored, double score, uint64_t *sh,
+                     size_t nsh)
 {
     if (j->nc == j->capc) {
         size_t ncap = j->capc ? j->capc * 2 : 64;
@@ -656,7 +693,8 @@ static int cand_push(cjob *j, int64_t id, bool scored, double score, uint64_t *s
         j->c = t;
         j->capc = ncap;
     }
-    j->c[j->nc++] = (cand){.id = id, .scored = scored, .score = score, .sh = sh, .nsh = nsh};
+    j->c[j->nc++] = (cand){
+        .id = id, .gen_run = gen_run, .scored = scored, .score = score, .sh = sh, .nsh = nsh};
     return 0;
 }
 
@@ -775,8 +813,8 @@ static int extend_claims(cjob *j)
 
 /* Score posts ids/bodies[0..n) with one LLM call (plus one retry with the
  * validation error fed back), store the scores, add them as candidates. */
-static int score_chunk(cjob *j, const int64_t *ids, const char *const *bodies, uint64_t **shs,
-                       size_t *nshs, size_t n)
+static int score_chunk(cjob *j, const int64_t *ids, const int64_t *runs, const char *const *bodies,
+                       uint64_t **shs, size_t *nshs, size_t n)
 {
     static const char *const fields[] = {"scores", NULL};
     static const char system_prompt[] =
@@ -896,7 +934,7 @@ static int score_chunk(cjob *j, const int64_t *ids, const char *const *bodies, u
         PQclear(r);
         if (!ours)
             continue; /* lease lost: the new holder decides it */
-        if ((rc = cand_push(j, ids[i], true, sc[i].total, shs[i], nshs[i])) != 0) {
+        if ((rc = cand_push(j, ids[i], runs[i], true, sc[i].total, shs[i], nshs[i])) != 0) {
             btl_strlcpy(j->oc->error, "out of memory", sizeof j->oc->error);
             shs[i] = NULL;
             goto out;
@@ -912,33 +950,83 @@ out:
     return rc;
 }
 
+/* The closing job of generation run gen_run for this task: one per run
+ * (unique key), it waits until the run has ended and then decides the run's
+ * posts (see curate_handle_job). Enqueued by every event job that takes a
+ * post of the run, before scoring it, so a job that dies later cannot
+ * leave the run without one. */
+static int ensure_closer(cjob *j, int64_t gen_run)
+{
+    char key[200];
+    btl_buf pj;
+    btl_buf_init(&pj, 1024);
+    int rc = btl_buf_puts(&pj, "{\"task\":");
+    if (rc == 0)
+        rc = btl_buf_json_str(&pj, j->task->name);
+    if (rc == 0)
+        rc = btl_buf_printf(&pj, ",\"generation_run\":%" PRId64 "}", gen_run);
+    if (rc != 0) {
+        btl_buf_free(&pj);
+        btl_strlcpy(j->oc->error, "out of memory", sizeof j->oc->error);
+        return rc;
+    }
+    btl_snprintf(key, sizeof key, "event:%.128s:run:%" PRId64, j->task->name, gen_run);
+    btl_job_spec spec = {.queue = "curator",
+                         .kind = "curate",
+                         .task_id = j->task->name,
+                         .payload_json = pj.data,
+                         .max_attempts = j->task->execution.max_retries + 1,
+                         .delay_ms = CURATE_EVENT_DELAY_MS,
+                         .unique_key = key};
+    int64_t id = 0;
+    rc = btl_jobs_enqueue(j->env->db, &spec, &id);
+    btl_buf_free(&pj);
+    if (rc != 0)
+        return fail_db(j, "enqueueing the closing job of a generation run");
+    if (id != 0) {
+        char b1[32], b2[32];
+        BTL_DEBUG("closing job enqueued for a generation run", "task", j->task->name,
+                  "generation_run", btl_log_i64(b1, gen_run), "job", btl_log_i64(b2, id));
+    }
+    return 0;
+}
+
 /* One claim of up to batch_size posts: pre-filter, score. *claimed = rows
- * claimed (0: nothing left). */
+ * claimed (0: nothing left). Which posts: pending and undecided, and
+ *  - a closing job (close_run): only that generation run's;
+ *  - a deferring event job: not the already scored posts of a generation
+ *    run (they wait for the run's closing job, nothing to do for them here);
+ *  - otherwise every one. */
 static int run_batch(cjob *j, int *claimed)
 {
     int rc = 0;
     PGresult *r = NULL;
     int n = 0;
     int64_t *ids = NULL;
+    int64_t *runs = NULL;
     const char **bodies = NULL;
     uint64_t **shs = NULL;
     size_t *nshs = NULL;
     size_t nscore = 0;
-    char lease[32], lim[32], reason[CURATE_REASON_MAX];
+    char lease[32], lim[32], crun[32], reason[CURATE_REASON_MAX];
     *claimed = 0;
     btl_snprintf(lease, sizeof lease, "%" PRId64, j->lease_ms);
     btl_snprintf(lim, sizeof lim, "%d", j->cc->batch_size);
-    const char *params[] = {j->me, lease, lim};
+    btl_snprintf(crun, sizeof crun, "%" PRId64, j->close_run);
+    const char *params[] = {j->me, lease, lim, crun, j->defer_runs ? "true" : "false"};
     rc = btl_db_query(j->env->db,
                       "UPDATE posts p SET claimed_by = $1, "
                       "lease_until = now() + $2::bigint * interval '1 millisecond', "
                       "updated_at = now() FROM ("
                       "SELECT id FROM posts WHERE status = 'pending' AND curated_at IS NULL "
                       "AND (lease_until IS NULL OR lease_until < now()) "
+                      "AND ($4::bigint = 0 OR run_id = $4::bigint) "
+                      "AND (NOT $5::bool OR run_id IS NULL OR scores IS NULL) "
                       "ORDER BY generated_at, id LIMIT $3::int FOR UPDATE SKIP LOCKED) c "
                       "WHERE p.id = c.id "
-                      "RETURNING p.id, p.body, p.scores IS NOT NULL, coalesce(p.score, 0)",
-                      3, params, &r);
+                      "RETURNING p.id, p.body, p.scores IS NOT NULL, coalesce(p.score, 0), "
+                      "coalesce(p.run_id, 0)",
+                      5, params, &r);
     if (rc != 0) {
         rc = fail_db(j, "claiming pending posts");
         goto out;
@@ -948,16 +1036,30 @@ static int run_batch(cjob *j, int *claimed)
     if (n == 0)
         goto out;
     ids = calloc((size_t)n, sizeof *ids);
+    runs = calloc((size_t)n, sizeof *runs);
     bodies = calloc((size_t)n, sizeof *bodies);
     shs = calloc((size_t)n, sizeof *shs);
     nshs = calloc((size_t)n, sizeof *nshs);
-    if (ids == NULL || bodies == NULL || shs == NULL || nshs == NULL) {
+    if (ids == NULL || runs == NULL || bodies == NULL || shs == NULL || nshs == NULL) {
         rc = BTL_ENOMEM;
         btl_strlcpy(j->oc->error, "out of memory", sizeof j->oc->error);
         goto out;
     }
+    if (j->defer_runs) {
+        /* Each generation run among the claimed posts gets its closer (the
+         * rows are few: a linear look-back finds the repeats). */
+        for (int i = 0; i < n; i++) {
+            int64_t gr = btl_db_get_i64(r, i, 4);
+            bool seen_before = gr <= 0;
+            for (int k = 0; k < i && !seen_before; k++)
+                seen_before = btl_db_get_i64(r, k, 4) == gr;
+            if (!seen_before && (rc = ensure_closer(j, gr)) != 0)
+                goto out;
+        }
+    }
     for (int i = 0; i < n; i++) {
         int64_t id = btl_db_get_i64(r, i, 0);
+        int64_t gen_run = btl_db_get_i64(r, i, 4);
         const char *body = btl_db_get_str(r, i, 1);
         uint64_t *sh = NULL;
         size_t nsh = 0;
@@ -969,7 +1071,7 @@ static int run_batch(cjob *j, int *claimed)
             /* Scored by an earlier holder that did not get to decide. */
             double s = 0;
             btl_parse_double(btl_db_get_str(r, i, 3), &s);
-            if ((rc = cand_push(j, id, true, s, sh, nsh)) != 0) {
+            if ((rc = cand_push(j, id, gen_run, true, s, sh, nsh)) != 0) {
                 btl_strlcpy(j->oc->error, "out of memory", sizeof j->oc->error);
                 goto out;
             }
@@ -986,6 +1088,7 @@ static int run_batch(cjob *j, int *claimed)
             continue;
         }
         ids[nscore] = id;
+        runs[nscore] = gen_run;
         bodies[nscore] = body;
         shs[nscore] = sh;
         nshs[nscore] = nsh;
@@ -1004,8 +1107,8 @@ static int run_batch(cjob *j, int *claimed)
             bytes += strlen(bodies[end++]);
         if ((rc = extend_claims(j)) != 0)
             goto out;
-        if ((rc = score_chunk(j, ids + start, bodies + start, shs + start, nshs + start,
-                              end - start)) != 0)
+        if ((rc = score_chunk(j, ids + start, runs + start, bodies + start, shs + start,
+                              nshs + start, end - start)) != 0)
             goto out;
         start = end;
     }
@@ -1014,6 +1117,7 @@ out:
         for (size_t i = 0; i < nscore; i++)
             free(shs[i]);
     free(ids);
+    free(runs);
     free(bodies);
     free(shs);
     free(nshs);
@@ -1030,8 +1134,37 @@ static bool cand_dup(void *ud, size_t i, size_t k, double *sim)
     return j->c[i].nsh > 0 && *sim >= j->cc->near_duplicate_threshold;
 }
 
-/* Selection over every candidate of the job, written in one transaction;
- * events after the commit. */
+static int cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Selection over the job's candidates, written in one transaction; events
+ * after the commit.
+ *
+ * The select_top rule (mode auto):
+ *  - A curation run (scheduled or triggered, possibly fanned out over
+ *    several jobs) approves at most select_top in total: its jobs count the
+ *    run's approvals under an advisory lock on the run.
+ *  - A generation run gets at most select_top approvals from the curator in
+ *    total, whoever decides its posts: every decision over posts of
+ *    generation run R takes an advisory lock on R (in ascending R order,
+ *    after the curation run's lock) and counts R's approvals inside the
+ *    same transaction, so concurrent curators never over-approve.
+ *  - Event-woken jobs (no curation run) decide only posts that belong to
+ *    no generation run. A generation run's posts arrive one by one over
+ *    the run (minutes with a real LLM); the event jobs score them as they
+ *    come and leave them pending (scores stored, claim given back). The
+ *    run's one closing job (payload generation_run, enqueued by the event
+ *    jobs) waits until no generate job of the run is queued or running
+ *    (done or dead alike) and no post of the run is held by another
+ *    curator, then takes all of the run's undecided posts (scoring any
+ *    left unscored) and decides them together: the best select_top, less
+ *    what the run already had approved, the rest rejected (or kept).
+ *  - Scheduled runs take every undecided post, deferred ones included, so
+ *    none waits longer than the next scheduled run even if the closing job
+ *    is lost. */
 static int select_and_decide(cjob *j)
 {
     int rc = 0;
@@ -1040,19 +1173,51 @@ static int select_and_decide(cjob *j)
     enum curate_decision *dec = NULL;
     size_t *dup_of = NULL;
     bool *ours = NULL;
+    size_t *group = NULL;
+    int64_t *gruns = NULL;
+    int *gcap = NULL;
+    size_t ngr = 0;
     bool in_tx = false;
-    if (j->nc == 0)
+    if (j->defer_runs && j->nc > 0) {
+        /* Posts of a generation run are left to the run's closing job:
+         * move them behind the others (order kept), decide only the rest. */
+        cand *tmp = malloc(j->nc * sizeof *tmp);
+        if (tmp == NULL) {
+            btl_strlcpy(j->oc->error, "out of memory", sizeof j->oc->error);
+            return BTL_ENOMEM;
+        }
+        size_t k = 0;
+        for (size_t i = 0; i < j->nc; i++)
+            if (j->c[i].gen_run <= 0)
+                tmp[k++] = j->c[i];
+        size_t nsel = k;
+        for (size_t i = 0; i < j->nc; i++)
+            if (j->c[i].gen_run > 0)
+                tmp[k++] = j->c[i];
+        memcpy(j->c, tmp, j->nc * sizeof *tmp);
+        free(tmp);
+        j->n_deferred = (int64_t)(j->nc - nsel);
+        j->nsel = nsel;
+    } else {
+        j->nsel = j->nc;
+    }
+    const size_t n = j->nsel;
+    if (n == 0)
         return 0;
-    scores = calloc(j->nc, sizeof *scores);
-    dec = calloc(j->nc, sizeof *dec);
-    dup_of = calloc(j->nc, sizeof *dup_of);
-    ours = calloc(j->nc, sizeof *ours);
-    if (scores == NULL || dec == NULL || dup_of == NULL || ours == NULL) {
+    scores = calloc(n, sizeof *scores);
+    dec = calloc(n, sizeof *dec);
+    dup_of = calloc(n, sizeof *dup_of);
+    ours = calloc(n, sizeof *ours);
+    group = calloc(n, sizeof *group);
+    gruns = calloc(n + 1, sizeof *gruns);
+    gcap = calloc(n + 1, sizeof *gcap);
+    if (scores == NULL || dec == NULL || dup_of == NULL || ours == NULL || group == NULL ||
+        gruns == NULL || gcap == NULL) {
         rc = BTL_ENOMEM;
         btl_strlcpy(j->oc->error, "out of memory", sizeof j->oc->error);
         goto out;
     }
-    for (size_t i = 0; i < j->nc; i++)
+    for (size_t i = 0; i < n; i++)
         scores[i] = j->c[i].score;
     if ((rc = btl_db_begin(j->env->db)) != 0) {
         rc = fail_db(j, "begin");
@@ -1077,13 +1242,53 @@ static int select_and_decide(cjob *j)
         PQclear(r);
         r = NULL;
     }
-    if (j->cc->mode == BTL_CURATION_AUTO &&
-        (rc = curate_select(scores, j->nc, top_k, j->cc->min_score, cand_dup, j, dec, dup_of)) !=
-            0) {
-        btl_strlcpy(j->oc->error, "out of memory", sizeof j->oc->error);
-        goto out;
+    if (j->cc->mode == BTL_CURATION_AUTO) {
+        /* One group per generation run (ascending, the lock order), and
+         * group ngr for posts of none (bounded by top_k alone). */
+        for (size_t i = 0; i < n; i++)
+            if (j->c[i].gen_run > 0)
+                gruns[ngr++] = j->c[i].gen_run;
+        qsort(gruns, ngr, sizeof *gruns, cmp_i64);
+        size_t u = 0;
+        for (size_t i = 0; i < ngr; i++)
+            if (u == 0 || gruns[u - 1] != gruns[i])
+                gruns[u++] = gruns[i];
+        ngr = u;
+        for (size_t g = 0; g < ngr; g++) {
+            char gr[32];
+            btl_snprintf(gr, sizeof gr, "%" PRId64, gruns[g]);
+            const char *params[] = {gr};
+            if ((rc = btl_db_query(j->env->db,
+                                   "SELECT pg_advisory_xact_lock("
+                                   "hashtextextended('curate-generation:' || $1, 0))",
+                                   1, params, NULL)) != 0 ||
+                (rc = btl_db_query(j->env->db,
+                                   "SELECT count(*) FROM posts WHERE run_id = $1::bigint "
+                                   "AND metadata->>'curate_outcome' = 'approved'",
+                                   1, params, &r)) != 0) {
+                rc = fail_db(j, "counting the generation run's approvals");
+                goto out;
+            }
+            int64_t had = btl_db_get_i64(r, 0, 0);
+            PQclear(r);
+            r = NULL;
+            gcap[g] = had >= j->cc->select_top ? 0 : j->cc->select_top - (int)had;
+        }
+        gcap[ngr] = j->cc->select_top; /* no generation run: top_k bounds it */
+        for (size_t i = 0; i < n; i++) {
+            group[i] = ngr;
+            if (j->c[i].gen_run > 0) {
+                const int64_t *f = bsearch(&j->c[i].gen_run, gruns, ngr, sizeof *gruns, cmp_i64);
+                group[i] = f != NULL ? (size_t)(f - gruns) : ngr;
+            }
+        }
+        if ((rc = curate_select_groups(scores, n, top_k, j->cc->min_score, group, gcap, ngr + 1,
+                                       cand_dup, j, dec, dup_of)) != 0) {
+            btl_strlcpy(j->oc->error, "out of memory", sizeof j->oc->error);
+            goto out;
+        }
     }
-    for (size_t i = 0; i < j->nc; i++) {
+    for (size_t i = 0; i < n; i++) {
         const char *status = "pending";
         char reason[CURATE_REASON_MAX];
         reason[0] = '\0';
@@ -1135,11 +1340,11 @@ static int select_and_decide(cjob *j)
     }
     in_tx = false;
     /* Events, with the text as stored, in chunks. */
-    for (size_t s = 0; s < j->nc; s += 200) {
+    for (size_t s = 0; s < n; s += 200) {
         btl_buf idl;
         btl_buf_init(&idl, 0);
         btl_buf_puts(&idl, "{");
-        size_t e = s + 200 < j->nc ? s + 200 : j->nc;
+        size_t e = s + 200 < n ? s + 200 : n;
         bool any = false;
         for (size_t i = s; i < e; i++) {
             if (!ours[i])
@@ -1186,7 +1391,46 @@ out:
     free(dec);
     free(dup_of);
     free(ours);
+    free(group);
+    free(gruns);
+    free(gcap);
     return rc;
+}
+
+/* May the closing job of generation run close_run decide it now? *wait
+ * while the run still has a generate job queued or running (it may write
+ * more posts: a retrying one is queued, a dead one has ended), even when
+ * nothing of it is undecided now (a scheduled run took it all), so a post
+ * written later still has its closer; and while another curator holds an
+ * undecided post of the run (it is scoring it and gives it back). */
+static int closing_ready(cjob *j, bool *wait)
+{
+    PGresult *r = NULL;
+    char gr[32];
+    btl_snprintf(gr, sizeof gr, "%" PRId64, j->close_run);
+    const char *params[] = {gr};
+    int rc = btl_db_query(
+        j->env->db,
+        "SELECT EXISTS (SELECT 1 FROM posts WHERE run_id = $1::bigint AND status = 'pending' "
+        "AND curated_at IS NULL), "
+        "EXISTS (SELECT 1 FROM jobs WHERE run_id = $1::bigint AND status IN ('queued', "
+        "'running')), "
+        "EXISTS (SELECT 1 FROM posts WHERE run_id = $1::bigint AND status = 'pending' "
+        "AND curated_at IS NULL AND lease_until >= now())",
+        1, params, &r);
+    if (rc != 0)
+        return fail_db(j, "checking whether the generation run has ended");
+    bool left = btl_db_get_bool(r, 0, 0), generating = btl_db_get_bool(r, 0, 1),
+         held = btl_db_get_bool(r, 0, 2);
+    PQclear(r);
+    *wait = generating || (left && held);
+    if (*wait)
+        btl_snprintf(j->oc->error, sizeof j->oc->error,
+                     "generation run %" PRId64 " %s: its posts are decided together after that",
+                     j->close_run,
+                     generating ? "still has generate jobs queued or running"
+                                : "has posts another curator is scoring");
+    return 0;
 }
 
 int curate_handle_job(void *ud, btl_worker_env *env, const btl_job *job, btl_job_outcome *outcome)
@@ -1224,8 +1468,30 @@ int curate_handle_job(void *ud, btl_worker_env *env, const btl_job *job, btl_job
     btl_snprintf(j.run_key, sizeof j.run_key, "%.128s:%" PRId64, j.task->name, job->run_id);
     /* Held posts stay ours through LLM calls with retries inside. */
     j.lease_ms = env->cfg->worker.lease_ms + 3 * env->cfg->providers.llm.timeout_ms;
+    json_t *jgr = payload ? json_object_get(payload, "generation_run") : NULL;
+    if (jgr != NULL && (!json_is_integer(jgr) || json_integer_value(jgr) <= 0)) {
+        outcome->permanent = true;
+        btl_strlcpy(outcome->error, "curate payload: generation_run must be a positive integer",
+                    sizeof outcome->error);
+        rc = BTL_EINVAL;
+        goto out;
+    }
+    j.close_run = jgr != NULL ? (int64_t)json_integer_value(jgr) : 0;
+    j.defer_runs = j.close_run == 0 && job->run_id <= 0 && j.cc->mode == BTL_CURATION_AUTO;
+    if (j.close_run > 0) {
+        bool wait = false;
+        if ((rc = closing_ready(&j, &wait)) != 0)
+            goto out;
+        if (wait) {
+            /* Not a failure: look again later, without using an attempt. */
+            outcome->retry_after_ms = CURATE_RUN_WAIT_MS;
+            rc = BTL_EAGAIN;
+            goto out;
+        }
+    }
 
-    bool drain = j.task->execution.strategy == BTL_STRATEGY_DRAIN_QUEUE;
+    /* A closing job takes all of its generation run, whatever the strategy. */
+    bool drain = j.task->execution.strategy == BTL_STRATEGY_DRAIN_QUEUE || j.close_run > 0;
     size_t seen = 0;
     for (;;) {
         if (*env->stop) {
@@ -1251,14 +1517,17 @@ int curate_handle_job(void *ud, btl_worker_env *env, const btl_job *job, btl_job
         goto out;
     if ((rc = select_and_decide(&j)) != 0)
         goto out;
+    if (j.n_deferred > 0)
+        release_claims(&j); /* scored, pending: the run's closing job decides them */
     if (seen == 0)
         outcome->skipped = true;
-    char a[32], b[32], c[32], t[32];
-    BTL_INFO("curation done", "task", j.task->name, "run", btl_log_i64(t, job->run_id), "approved",
+    char a[32], b[32], c[32], d[32], t[32], g[32];
+    BTL_INFO("curation done", "task", j.task->name, "run", btl_log_i64(t, job->run_id),
+             "generation_run", btl_log_i64(g, j.close_run), "approved",
              btl_log_i64(a, j.n_approved), "rejected", btl_log_i64(b, j.n_rejected), "pending",
-             btl_log_i64(c, j.n_pending));
+             btl_log_i64(c, j.n_pending), "deferred", btl_log_i64(d, j.n_deferred));
 out:
-    if (rc != 0 && j.task != NULL)
+    if (rc != 0 && j.task != NULL && j.me[0] != '\0')
         release_claims(&j);
     cjob_free(&j);
     json_decref(payload);
@@ -1266,8 +1535,6 @@ out:
 }
 
 /* ---- event hook ---------------------------------------------------------- */
-
-#define CURATE_EVENT_DELAY_MS 3000
 
 void curate_on_event(void *ud, btl_db *db, const btl_config *cfg, const btl_msg *msg)
 {

@@ -30,6 +30,14 @@
  *     never approves more than select_top in total. Each job still selects
  *     among its own posts, so with fanout the first job to finish takes the
  *     run's approvals from its share (a bound, not a global top K).
+ *     Posts of a generation run (posts.run_id) also count per that run:
+ *     at most select_top approvals per generation run, whoever decides. An
+ *     event-woken job (payload without generation_run, no run) scores such
+ *     posts but leaves them pending for the run's closing job (payload
+ *     {"task":T,"generation_run":R}, one per run, enqueued by the event
+ *     jobs), which waits (snoozes) until no generate job of R is queued or
+ *     running and then decides all of R's undecided posts together. See
+ *     select_and_decide in curate.c for the whole rule.
  *     A stop between batches gives the claims back (stored scores stay).
  *  5. A post.approved / post.rejected event per decision, and
  *     btl_posts_curated_total{decision}.
@@ -155,5 +163,15 @@ typedef bool (*curate_dup_fn)(void *ud, size_t i, size_t j, double *sim);
  * = that index). decision[i] for every i. top_k <= 0 approves nothing. */
 int curate_select(const double *scores, size_t n, int top_k, double min_score, curate_dup_fn dup,
                   void *dup_ud, enum curate_decision *decision, size_t *dup_of);
+
+/* As curate_select, with per-group caps on top: group[i] (< ngroups) is
+ * candidate i's group, group_cap[g] the most approvals group g may still
+ * take (<= 0: none); a candidate its group cannot take is CURATE_NOT_TOP
+ * and the slot goes to the next best of another group. top_k still bounds
+ * the total. group NULL: no groups (curate_select). */
+int curate_select_groups(const double *scores, size_t n, int top_k, double min_score,
+                         const size_t *group, const int *group_cap, size_t ngroups,
+                         curate_dup_fn dup, void *dup_ud, enum curate_decision *decision,
+                         size_t *dup_of);
 
 #endif

@@ -6,7 +6,11 @@
 # post.generated event wakes the curator without a trigger (once per event),
 # post.approved/rejected events reach subscribers; then SCALE: 3 curators on
 # 1,000 pending posts decide every post exactly once, share the work, and a
-# fanned-out run still approves at most select_top.
+# fanned-out run still approves at most select_top. GENERATION RUNS: posts of
+# one generation run arriving one by one as events, with two curators, are
+# scored as they come but approved only once the run's generate jobs have
+# ended (done or dead), at most select_top per generation run, also when a
+# scheduled run and the run's closing job race or decide it in turns.
 # LLM: the fake OpenAI-compatible server when built ($BTL_BUILD/fake_llm),
 # else the built-in offline provider (both score "### POST" blocks).
 source "$(dirname "$0")/lib.sh"
@@ -40,7 +44,8 @@ cur_task() { # name extra-curation-yaml [execution] [fanout]
     curation: { batch_size: 5, on_event: false, $2 }
 EOC
 }
-make_config() { # llm-cfg file
+make_config() { # llm-cfg file [on-event task: cur_event | cur_gen]
+    local ev=${3:-cur_event}
     {
     cat <<EOC
 scheduler: { check_interval: 200ms, failover: 2s }
@@ -58,7 +63,13 @@ EOC
   cur_event:
     service: curator
     schedule: "once 2099-01-01T00:00:00Z"
-    curation: { batch_size: 5, on_event: true, min_score: 5, select_top: 5 }
+    curation: { batch_size: 5, on_event: $([ "$ev" = cur_event ] && echo true || echo false), min_score: 5, select_top: 5 }
+  cur_gen:
+    service: curator
+    schedule: "once 2099-01-01T00:00:00Z"
+    fanout: 2
+    execution: { strategy: drain_queue, max_retries: 1 }
+    curation: { batch_size: 2, on_event: $([ "$ev" = cur_gen ] && echo true || echo false), min_score: 5, select_top: 2 }
 EOC
     cur_task cur_scale 'min_score: 5, select_top: 3' drain_queue 6
     } | write_config "$2"
@@ -267,6 +278,122 @@ if [ -x "$BTL_BUILD/fake_llm" ]; then
     stop_wait cur-a2
     check "cur-a2 exits 0 (got $STOP_STATUS)" test "$STOP_STATUS" = 0
 fi
+
+# ---- GENERATION RUNS: select_top per generation run, event-woken ----------------------
+# Two curators whose config wakes cur_gen (select_top 2, batch_size 2) on
+# post.generated; the scheduler's copy only matters for `trigger cur_gen`.
+# A generation run is simulated the way the generator leaves it in the
+# database: a task_runs row, its generate.post jobs (running / queued), and
+# posts carrying its run_id, each announced by a post.generated event.
+# The LLM answers in 0.7 s here, so that concurrent jobs hold posts at once.
+GEN_SLOW=0
+if [ -x "$BTL_BUILD/fake_llm" ]; then
+    fake_llm_cfg fake_gen --delay-ms 700 >"$T/fake_gen.cfg" # not in $(...): the fake must stay in PIDS
+    make_config "$(cat "$T/fake_gen.cfg")" "$T/gen.yaml" cur_gen
+    GEN_SLOW=1
+else
+    make_config "$LLM_CFG" "$T/gen.yaml" cur_gen
+fi
+HTTP_G1=$(free_port); HTTP_G2=$(free_port)
+start cur-g1 btl-curator --config "$T/gen.yaml" --http "127.0.0.1:$HTTP_G1" --instance cur-g1
+start cur-g2 btl-curator --config "$T/gen.yaml" --http "127.0.0.1:$HTTP_G2" --instance cur-g2
+check "cur-g1 ready" wait_for "cur-g1" 30 http_ok "$HTTP_G1" /health/ready
+check "cur-g2 ready" wait_for "cur-g2" 30 http_ok "$HTTP_G2" /health/ready
+gen_run() { # -> run id of a new generation run with one running and one queued generate job
+    local r
+    r=$(sql "INSERT INTO task_runs (task_id, due_at, reason, status) VALUES ('gen_sim', now(), 'manual', 'running') RETURNING run_id" | head -1)
+    sql "INSERT INTO jobs (queue, kind, task_id, run_id, status, attempts, locked_by, lease_until)
+         VALUES ('generator', 'generate.post', 'gen_sim', $r, 'running', 1, 'gen-sim', now() + interval '1 hour'),
+                ('generator', 'generate.post', 'gen_sim', $r, 'queued', 1, NULL, NULL)" >/dev/null
+    sql "UPDATE jobs SET run_after = now() + interval '1 hour' WHERE run_id = $r AND status = 'queued'" >/dev/null
+    echo "$r"
+}
+gen_post() { # run i [quiet] -> id: a generated post of the run, announced by post.generated (quiet: not)
+    local id
+    id=$(sql "INSERT INTO posts (content_hash, body, narrative, status, task_id, run_id)
+              VALUES (md5('gen' || $1 || ':' || $2), 'Generation run $1, post $2: ' || md5('a' || $1 || $2) || ' on ' || md5('b' || $1 || $2) || ', then ' || md5('c' || $1 || $2) || '.', 'gen', 'pending', 'gen_sim', $1)
+              RETURNING id" | head -1)
+    if [ "${3:-}" != quiet ]; then
+        "$BTL_BUILD/mkframe" "$T/gen-$id.frame" post.generated "$id" "generated" >/dev/null
+        nngcat --push --dial "tcp://127.0.0.1:$COLLECT_PORT" --file "$T/gen-$id.frame" 2>/dev/null
+    fi
+    echo "$id"
+}
+end_run() { # run: the running generate job ends done, the queued one dead
+    sql "UPDATE jobs SET status = CASE status WHEN 'running' THEN 'done' ELSE 'dead' END, finished_at = now(),
+                lease_until = NULL, last_error = CASE status WHEN 'queued' THEN 'simulated: out of attempts' END
+         WHERE run_id = $1 AND status IN ('queued', 'running')" >/dev/null
+}
+scored_waiting() { # run n: n posts of the run scored, undecided, unclaimed
+    sql_eq "SELECT count(*) FROM posts WHERE run_id = $1 AND status = 'pending' AND scores IS NOT NULL AND curated_at IS NULL AND claimed_by IS NULL" "$2"
+}
+decided() { sql_eq "SELECT count(*) FROM posts WHERE run_id = $1 AND curated_at IS NOT NULL" "$2"; }
+approved_of() { sql "SELECT count(*) FROM posts WHERE run_id = $1 AND status = 'approved'"; }
+closer_done() { sql_eq "SELECT status FROM jobs WHERE unique_key = 'event:cur_gen:run:$1'" done; }
+
+# Run 1: six posts one by one, each woken and scored by its own event job
+# while the run is still generating; none may be approved before the run ends.
+R1=$(gen_run)
+for i in 1 2 3 4 5 6; do
+    id=$(gen_post "$R1" "$i")
+    check "run 1: post $i scored by its event while the run generates" wait_for "r1 post $i" 30 \
+        sql_eq "SELECT count(*) FROM posts WHERE id = $id AND scores IS NOT NULL AND claimed_by IS NULL" 1
+done
+check "run 1: no post approved while the run still generates" test "$(approved_of "$R1")" = 0
+check "run 1: all six scored and waiting, undecided" scored_waiting "$R1" 6
+check "run 1: one event job per post" wait_for "r1 event jobs" 10 sql_eq "SELECT count(*) FROM jobs WHERE unique_key LIKE 'event:cur_gen:%' AND unique_key NOT LIKE 'event:cur_gen:run:%' AND status = 'done'" 6
+check "run 1: one closing job, waiting for the run to end" wait_for "closer snoozed" 20 \
+    sql_eq "SELECT count(*) FROM jobs WHERE unique_key = 'event:cur_gen:run:$R1' AND status = 'queued' AND attempts = 0 AND last_error LIKE '%still has generate jobs queued or running%'" 1
+log "run 1 closer: $(sql "SELECT last_error FROM jobs WHERE unique_key = 'event:cur_gen:run:$R1'")"
+end_run "$R1"
+check "run 1: decided once its jobs ended (one done, one dead)" wait_for "r1 decided" 30 decided "$R1" 6
+check "run 1: exactly select_top (2) approved" test "$(approved_of "$R1")" = 2
+check "run 1: the approved are the run's best" sql_eq "SELECT count(*) FROM posts a, posts b WHERE a.run_id = $R1 AND b.run_id = $R1 AND a.status = 'approved' AND b.status = 'rejected' AND b.score > a.score" 0
+check "run 1: the rest rejected as not in top 2" sql_eq "SELECT count(*) FROM posts WHERE run_id = $R1 AND status = 'rejected' AND reject_reason LIKE 'not in top 2 (score %/50)'" 4
+check "run 1: decided together, once each, unclaimed" sql_eq "SELECT count(DISTINCT curated_at) || ' ' || count(*) FILTER (WHERE (metadata->>'curate_decisions')::int = 1 AND claimed_by IS NULL) FROM posts WHERE run_id = $R1" "1 6"
+check "run 1: the closing job finished" wait_for "r1 closer done" 20 closer_done "$R1"
+
+# Run 2: eight posts whose events were lost (no event job, no closing job)
+# and a run that has ended; two scheduled runs (fanout 2 each: four jobs on
+# the two curators, each run allowed 2 approvals) are triggered together and
+# split the run's posts between them while the LLM answers slowly: the
+# generation run's count, kept under its lock, lets them approve 2 in total.
+R2=$(gen_run)
+for i in $(seq 1 8); do gen_post "$R2" "$i" quiet >/dev/null; done
+end_run "$R2"
+check "trigger cur_gen" trigger cur_gen
+check "trigger cur_gen again (a second curation run)" trigger cur_gen
+check "run 2: all decided" wait_for "r2 decided" 60 decided "$R2" 8
+check "run 2: select_top (2) approved in total" test "$(approved_of "$R2")" = 2
+check "run 2: each decided exactly once" sql_eq "SELECT count(*) FROM posts WHERE run_id = $R2 AND (metadata->>'curate_decisions')::int = 1 AND claimed_by IS NULL" 8
+log "run 2 decided by (curator/curation run: posts): $(sql "SELECT string_agg(k || ': ' || n, ', ') FROM (SELECT (metadata->>'curated_by') || '/' || (metadata->>'curate_run') k, count(*) n FROM posts WHERE run_id = $R2 GROUP BY 1 ORDER BY 1) x")"
+if [ "$GEN_SLOW" = 1 ]; then
+    check "run 2: both curation runs decided some of it (so each could have approved 2)" \
+        sql_eq "SELECT count(DISTINCT metadata->>'curate_run') FROM posts WHERE run_id = $R2" 2
+fi
+check "run 2: no closing job (no event)" sql_eq "SELECT count(*) FROM jobs WHERE unique_key = 'event:cur_gen:run:$R2'" 0
+
+# Run 3: a scheduled run decides the scored posts while the run still
+# generates (nothing waits for the closing job); a post that comes later is
+# decided by the closing job once the run ends, against the run's count.
+R3=$(gen_run)
+for i in 1 2 3 4; do gen_post "$R3" "$i" >/dev/null; done
+check "run 3: four scored and waiting" wait_for "r3 scored" 30 scored_waiting "$R3" 4
+check "trigger cur_gen (mid-run)" trigger cur_gen
+check "run 3: the scheduled run decided them mid-run" wait_for "r3 decided" 30 decided "$R3" 4
+check "run 3: 2 approved" test "$(approved_of "$R3")" = 2
+LATE=$(gen_post "$R3" 5)
+check "run 3: the late post scored and waiting" wait_for "r3 late" 30 scored_waiting "$R3" 1
+end_run "$R3"
+check "run 3: the late post decided after the run ended" wait_for "r3 late decided" 30 decided "$R3" 5
+check "run 3: rejected: the run had its select_top already" sql_eq "SELECT status || ' ' || reject_reason FROM posts WHERE id = $LATE" "rejected not in top 2 (score $(sql "SELECT score::int FROM posts WHERE id = $LATE")/50)"
+check "run 3: still 2 approved" test "$(approved_of "$R3")" = 2
+check "run 3: the closing job finished" wait_for "r3 closer done" 20 closer_done "$R3"
+check "no post of a generation run left undecided" sql_eq "SELECT count(*) FROM posts WHERE run_id IN ($R1, $R2, $R3) AND curated_at IS NULL" 0
+for s in cur-g1 cur-g2; do
+    stop_wait "$s"
+    check "$s exits 0 on SIGTERM (got $STOP_STATUS)" test "$STOP_STATUS" = 0
+done
 
 stop_wait scheduler
 check "scheduler exits 0 on SIGTERM (got $STOP_STATUS)" test "$STOP_STATUS" = 0

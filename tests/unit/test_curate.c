@@ -318,6 +318,53 @@ static void test_select(void **state)
     assert_int_equal(curate_select(NULL, 0, 3, 35, NULL, NULL, NULL, NULL), 0);
 }
 
+/* Per-group caps (one group per generation run): a full group passes its
+ * slot on to the next best of another group; top_k still bounds the total. */
+static void test_select_groups(void **state)
+{
+    (void)state;
+    double sc[] = {40, 45, 30, 50, 38, 44};
+    size_t grp[] = {0, 0, 1, 1, 0, 2};
+    enum curate_decision d[6];
+    size_t dup[6];
+    int cap[] = {1, 2, 5};
+    assert_int_equal(curate_select_groups(sc, 6, 10, 35, grp, cap, 3, NULL, NULL, d, dup), 0);
+    assert_int_equal(d[3], CURATE_APPROVE);   /* 50, group 1 */
+    assert_int_equal(d[1], CURATE_APPROVE);   /* 45, group 0's one slot */
+    assert_int_equal(d[5], CURATE_APPROVE);   /* 44, group 2 */
+    assert_int_equal(d[0], CURATE_NOT_TOP);   /* 40: group 0 is full */
+    assert_int_equal(d[4], CURATE_NOT_TOP);   /* 38: group 0 is full */
+    assert_int_equal(d[2], CURATE_BELOW_MIN); /* 30 */
+
+    /* top_k 2 over all groups: the two best whose groups have room. */
+    assert_int_equal(curate_select_groups(sc, 6, 2, 35, grp, cap, 3, NULL, NULL, d, dup), 0);
+    assert_int_equal(d[3], CURATE_APPROVE);
+    assert_int_equal(d[1], CURATE_APPROVE);
+    assert_int_equal(d[5], CURATE_NOT_TOP);
+
+    /* A group whose run already had its approvals (cap 0) takes none. */
+    int none[] = {0, 0, 1};
+    assert_int_equal(curate_select_groups(sc, 6, 10, 35, grp, none, 3, NULL, NULL, d, dup), 0);
+    int approved = 0;
+    for (int i = 0; i < 6; i++)
+        approved += d[i] == CURATE_APPROVE;
+    assert_int_equal(approved, 1);
+    assert_int_equal(d[5], CURATE_APPROVE);
+
+    /* Without groups it is curate_select. */
+    enum curate_decision d2[6];
+    assert_int_equal(curate_select_groups(sc, 6, 2, 35, NULL, NULL, 0, NULL, NULL, d, dup), 0);
+    assert_int_equal(curate_select(sc, 6, 2, 35, NULL, NULL, d2, dup), 0);
+    assert_memory_equal(d, d2, sizeof d);
+
+    /* A group index out of range, or groups without caps: refused. */
+    size_t bad[] = {0, 0, 1, 3, 0, 2};
+    assert_int_equal(curate_select_groups(sc, 6, 10, 35, bad, cap, 3, NULL, NULL, d, dup),
+                     BTL_EINVAL);
+    assert_int_equal(curate_select_groups(sc, 6, 10, 35, grp, NULL, 3, NULL, NULL, d, dup),
+                     BTL_EINVAL);
+}
+
 /* The scoring contract with the offline provider: its reply to our prompt
  * passes our strict validation. */
 static void test_offline_roundtrip(void **state)
@@ -362,11 +409,17 @@ static void test_offline_roundtrip(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_utf8_count),   cmocka_unit_test(test_blank),
-        cmocka_unit_test(test_banned),       cmocka_unit_test(test_shingles),
-        cmocka_unit_test(test_prefilter),    cmocka_unit_test(test_prompt),
-        cmocka_unit_test(test_parse_scores), cmocka_unit_test(test_scores_json),
-        cmocka_unit_test(test_select),       cmocka_unit_test(test_offline_roundtrip),
+        cmocka_unit_test(test_utf8_count),
+        cmocka_unit_test(test_blank),
+        cmocka_unit_test(test_banned),
+        cmocka_unit_test(test_shingles),
+        cmocka_unit_test(test_prefilter),
+        cmocka_unit_test(test_prompt),
+        cmocka_unit_test(test_parse_scores),
+        cmocka_unit_test(test_scores_json),
+        cmocka_unit_test(test_select),
+        cmocka_unit_test(test_select_groups),
+        cmocka_unit_test(test_offline_roundtrip),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
