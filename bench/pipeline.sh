@@ -14,7 +14,7 @@
 # the last posts.posted_at. Every setting is printed with the table.
 #
 # Environment knobs (defaults are what docs/PERFORMANCE.md reports):
-#   BENCH_PIPE_ITER=400        carousel iterations, instant scenarios (x5 posts)
+#   BENCH_PIPE_ITER=200        carousel iterations, instant scenarios (x5 posts; select_top 1000 caps what one run may post)
 #   BENCH_PIPE_SLOW_ITER=100   carousel iterations, 50 ms scenarios (x5 posts)
 #   BENCH_PIPE_DELAY_MS=50     fake LLM delay of the slow scenarios
 #   BENCH_PIPE_REPLICAS="1 3"  replica counts per worker service
@@ -40,7 +40,7 @@ BENCH_BUILD=$(cd "${1:?usage: pipeline.sh BUILD_DIR}" && pwd)
 # shellcheck source=bench/lib.sh
 source "$here/lib.sh"
 
-ITER=${BENCH_PIPE_ITER:-400}
+ITER=${BENCH_PIPE_ITER:-200}
 SLOW_ITER=${BENCH_PIPE_SLOW_ITER:-100}
 DELAY_MS=${BENCH_PIPE_DELAY_MS:-50}
 REPLICAS=${BENCH_PIPE_REPLICAS:-"1 3"}
@@ -250,8 +250,8 @@ run_scenario() {
                (SELECT count(*) FROM jobs WHERE task_id = 'posting'),
                (SELECT count(*) FROM task_runs WHERE task_id = 'curation')
         FROM r")
-    local gen appr posted lost dead t_gen t_cur t_post t_first post_jobs cur_runs
-    read -r gen appr posted lost dead t_gen t_cur t_post t_first post_jobs cur_runs <<<"$stats"
+    local gen appr posted not_posted dead t_gen t_cur t_post t_first post_jobs cur_runs
+    read -r gen appr posted not_posted dead t_gen t_cur t_post t_first post_jobs cur_runs <<<"$stats"
     local sent
     sent=$(wc -l <"$dir/discord.jsonl")
     [ "$SINK" = file ] && sent=$(wc -l <"$dir/posts.log" 2>/dev/null || echo 0)
@@ -268,7 +268,7 @@ run_scenario() {
     done
     local llm_req
     llm_req=$(psql "$DATABASE_URL" -qAtX -c "SELECT coalesce(sum(requests), 0) FROM llm_usage WHERE window_kind = 'day'")
-    local line="RESULT scenario=$name delay_ms=$delay replicas=$reps batch=$batch jobs=$((iter * 5)) generated=$gen duplicates=$dups audit_refused=$audit approved=$appr posted=$posted sent=$sent lost=$lost dead_jobs=$dead t_generated_s=$t_gen t_curated_s=$t_cur t_first_post_s=$t_first t_posted_s=$t_post posts_per_s=$rate generated_per_s=$gen_rate llm_requests=$llm_req posting_jobs=$post_jobs curation_runs=$cur_runs load_before=$load_before load_after=$load_after $cpu"
+    local line="RESULT scenario=$name delay_ms=$delay replicas=$reps batch=$batch jobs=$((iter * 5)) generated=$gen duplicates=$dups audit_refused=$audit approved=$appr posted=$posted sent=$sent not_posted=$not_posted dead_jobs=$dead t_generated_s=$t_gen t_curated_s=$t_cur t_first_post_s=$t_first t_posted_s=$t_post posts_per_s=$rate generated_per_s=$gen_rate llm_requests=$llm_req posting_jobs=$post_jobs curation_runs=$cur_runs load_before=$load_before load_after=$load_after $cpu"
     echo "$line" | tee -a "$raw" >&2
     if [ "$sent" != "$posted" ]; then
         echo "pipeline: the sink received $sent posts but $posted are recorded posted" >&2
