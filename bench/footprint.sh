@@ -202,7 +202,7 @@ cat <<EOF
 ## Footprint
 
 Machine: $(nproc) CPUs, $(uname -sr); PostgreSQL $pgv (scripts/pg.sh, fsync=off) on the same machine.
-Build: $BUILD (Release). Config: offline LLM, file sink, worker concurrency 4, batch 16, BTL_LOG=$BTL_LOG.
+Build: $(basename "$BUILD") (Release). Config: offline LLM, file sink, worker concurrency 4, batch 16, BTL_LOG=$BTL_LOG.
 Start-to-ready: ms from exec to the first 200 on /health/ready, polled every 2 ms over
 /dev/tcp, median of $RUNS (scheduler alone, migrations already applied; each worker with the
 scheduler already running). Idle RSS: VmRSS ${IDLE_S} s after the stack was ready.

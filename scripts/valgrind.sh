@@ -193,7 +193,7 @@ for target in ${VG_TARGETS:-${SERVICES[*]}}; do
     fi
 done
 
-echo "$(valgrind --version), $(nproc) CPUs, build $BUILD; flags: --leak-check=full --errors-for-leak-kinds=definite --error-exitcode=3"
+echo "$(valgrind --version), $(nproc) CPUs, build $(basename "$BUILD"); flags: --leak-check=full --errors-for-leak-kinds=definite --error-exitcode=3"
 echo
 echo "| service | exit status | definitely lost (bytes) | errors | work |"
 echo "|---|---|---|---|---|"
