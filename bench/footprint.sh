@@ -18,46 +18,21 @@ TRIGGERS=${FOOT_TRIGGERS:-2}
 JOBS=$((FANOUT * TRIGGERS))
 IDLE_S=${FOOT_IDLE_S:-5}
 SERVICES=(scheduler generator curator poster)
-for s in "${SERVICES[@]}" btl; do
-    b=$BUILD/btl-$s
-    [ "$s" = btl ] && b=$BUILD/btl
-    [ -x "$b" ] || { echo "footprint: $b missing (make build)" >&2; exit 1; }
-done
-command -v nngcat >/dev/null || { echo "footprint: nngcat missing" >&2; exit 1; }
-
-T=$(mktemp -d /tmp/btl-foot.XXXXXX)
-chmod 755 "$T"
+# The private cluster, free ports and the scratch dir (kept with FOOT_KEEP=1)
+# come from bench/lib.sh.
+BENCH_ROOT=$ROOT BENCH_BUILD=$BUILD BENCH_KEEP=${FOOT_KEEP:-}
+BTL_LOG=${BTL_LOG:-warn}
+# shellcheck source=../bench/lib.sh
+source "$ROOT/bench/lib.sh"
+bench_setup footprint
+T=$BT
 declare -A PID=()
-
-cleanup() {
-    local rc=$?
-    set +e
-    for p in "${PID[@]}"; do kill -KILL "$p" 2>/dev/null; done
-    wait 2>/dev/null
-    "$ROOT/scripts/pg.sh" stop "$T/pg" >/dev/null 2>&1
-    [ $rc -eq 0 ] || for f in "$T"/*.log; do [ -f "$f" ] && { echo "---- $f"; tail -20 "$f"; }; done
-    rm -rf "$T"
-    exit $rc
-}
-trap cleanup EXIT INT TERM
-
+kill_ours() { for p in "${PID[@]}"; do kill -KILL "$p" 2>/dev/null; done; wait 2>/dev/null; }
+trap 'rc=$?; kill_ours; (exit $rc); bench_cleanup' EXIT INT TERM
+DATABASE_URL=$(fresh_db bench_run)
+export DATABASE_URL
 ms_now() { local t=${EPOCHREALTIME/[.,]/}; echo $((t / 1000)); }
 us_now() { local t=${EPOCHREALTIME/[.,]/}; echo $((t)); }
-
-free_port() {
-    local p
-    for _ in $(seq 1 500); do
-        p=$((10000 + RANDOM % 22000))
-        if ! (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && ! grep -qx "$p" "$T/ports" 2>/dev/null; then
-            echo "$p" >>"$T/ports"; echo "$p"; return
-        fi
-    done
-    echo "no free port" >&2; return 1
-}
-
-DATABASE_URL=$("$ROOT/scripts/pg.sh" start "$T/pg")
-export DATABASE_URL PGCONNECT_TIMEOUT=5
-export BTL_MIGRATIONS="$ROOT/migrations" BTL_LOG=${BTL_LOG:-warn}
 PUB_PORT=$(free_port); COLLECT_PORT=$(free_port); CONTROL_PORT=$(free_port)
 declare -A HTTP=()
 for s in "${SERVICES[@]}"; do HTTP[$s]=$(free_port); done

@@ -15,40 +15,19 @@ BUILD=$(cd "${1:?usage: scripts/valgrind.sh BUILD_DIR}" && pwd)
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SERVICES=(scheduler generator curator poster)
 command -v valgrind >/dev/null || { echo "valgrind.sh: valgrind missing" >&2; exit 1; }
-command -v nngcat >/dev/null || { echo "valgrind.sh: nngcat missing" >&2; exit 1; }
-for b in btl-scheduler btl-generator btl-curator btl-poster btl fake_llm fake_discord; do
-    [ -x "$BUILD/$b" ] || { echo "valgrind.sh: $BUILD/$b missing" >&2; exit 1; }
-done
-
-T=$(mktemp -d /tmp/btl-vg.XXXXXX)
-chmod 755 "$T"
+# The private cluster, free ports and the scratch dir (kept with VG_KEEP=1)
+# come from bench/lib.sh.
+BENCH_ROOT=$ROOT BENCH_BUILD=$BUILD BENCH_KEEP=${VG_KEEP:-}
+BTL_LOG=${BTL_LOG:-info}
+# shellcheck source=../bench/lib.sh
+source "$ROOT/bench/lib.sh"
+bench_setup valgrind
+T=$BT
 declare -A PID=()
-
-cleanup() {
-    local rc=$?
-    set +e
-    for p in "${PID[@]}"; do kill -KILL "$p" 2>/dev/null; done
-    wait 2>/dev/null
-    "$ROOT/scripts/pg.sh" stop "$T/pg" >/dev/null 2>&1
-    [ -n "${VG_KEEP:-}" ] && echo "valgrind.sh: kept $T" >&2 || rm -rf "$T"
-    exit $rc
-}
-trap cleanup EXIT INT TERM
-
-free_port() {
-    local p
-    for _ in $(seq 1 500); do
-        p=$((10000 + RANDOM % 22000))
-        if ! (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && ! grep -qx "$p" "$T/ports" 2>/dev/null; then
-            echo "$p" >>"$T/ports"; echo "$p"; return
-        fi
-    done
-    echo "no free port" >&2; return 1
-}
-
-DATABASE_URL=$("$ROOT/scripts/pg.sh" start "$T/pg")
-export DATABASE_URL PGCONNECT_TIMEOUT=5
-export BTL_MIGRATIONS="$ROOT/migrations" BTL_LOG=${BTL_LOG:-info}
+kill_ours() { for p in "${PID[@]}"; do kill -KILL "$p" 2>/dev/null; done; wait 2>/dev/null; }
+trap 'rc=$?; kill_ours; (exit $rc); bench_cleanup' EXIT INT TERM
+DATABASE_URL=$(fresh_db bench_run)
+export DATABASE_URL
 PUB_PORT=$(free_port); COLLECT_PORT=$(free_port); CONTROL_PORT=$(free_port)
 LLM_PORT=$(free_port); DISCORD_PORT=$(free_port)
 export LLM_API_KEY=vg-llm-key DISCORD_TOKEN=vg-discord-token POSTING_CHANNEL_ID=112233445566778899
