@@ -97,13 +97,17 @@ launch() {
     PID[$s]=$!
 }
 
-# stop S: SIGTERM, wait up to 60 s (valgrind is slow to exit), else SIGKILL;
-# sets STATUS to the exit status or "timeout".
+# stop S: SIGTERM, wait up to 180 s (valgrind is slow to exit), else
+# SIGKILL; sets STATUS to the exit status or "timeout", STOP_S to the
+# seconds it took.
 stop() {
-    local s=$1 p
+    local s=$1 p t0
     p=${PID[$s]}
+    t0=${EPOCHREALTIME/[.,]/}
     kill -TERM "$p" 2>/dev/null || true
-    for _ in $(seq 1 600); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    for _ in $(seq 1 1800); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    STOP_S=$(((${EPOCHREALTIME/[.,]/} - t0) / 100000))
+    STOP_S="$((STOP_S / 10)).$((STOP_S % 10))"
     if kill -0 "$p" 2>/dev/null; then
         kill -KILL "$p" 2>/dev/null || true
         wait "$p" 2>/dev/null || true
@@ -155,6 +159,7 @@ for target in ${VG_TARGETS:-${SERVICES[*]}}; do
     # The target first, so its SIGTERM path runs with its peers still up.
     stop "$target"
     st=$STATUS
+    stop_s=$STOP_S
     for s in "${SERVICES[@]}"; do [ -n "${PID[$s]:-}" ] && stop "$s"; done
     # The fake LLM repeats its texts: without this the next cycle's posts
     # would be duplicates, skipped before the curator and poster see them.
@@ -164,7 +169,7 @@ for target in ${VG_TARGETS:-${SERVICES[*]}}; do
     # No "definitely lost" line means memcheck found no leaks at all.
     grep -q 'All heap blocks were freed' "$T/vg-$target.txt" && lost=${lost:-0}
     : "${lost:=?}" "${errs:=?}"
-    RES[$target]="| btl-$target | $st | $lost | $errs | $work |"
+    RES[$target]="| btl-$target | $st | $stop_s | $lost | $errs | $work |"
     if [ "$st" != 0 ] || [ "$lost" != 0 ] || [ "$errs" != 0 ] || [ "$work" != ok ]; then
         bad=1
         echo "---- btl-$target: memcheck report" >&2
@@ -174,7 +179,7 @@ done
 
 echo "$(valgrind --version), $(nproc) CPUs, build $(basename "$BUILD"); flags: --leak-check=full --errors-for-leak-kinds=definite --error-exitcode=3"
 echo
-echo "| service | exit status | definitely lost (bytes) | errors | work |"
-echo "|---|---|---|---|---|"
+echo "| service | exit status | SIGTERM to exit, s | definitely lost (bytes) | errors | work |"
+echo "|---|---|---|---|---|---|"
 for s in ${VG_TARGETS:-${SERVICES[*]}}; do echo "${RES[$s]}"; done
 exit $bad
