@@ -24,13 +24,8 @@ BENCH_ROOT=$ROOT BENCH_BUILD=$BUILD BENCH_KEEP=${FOOT_KEEP:-}
 BTL_LOG=${BTL_LOG:-warn}
 # shellcheck source=../bench/lib.sh
 source "$ROOT/bench/lib.sh"
-bench_setup footprint
+bench_setup_tracked footprint
 T=$BT
-declare -A PID=()
-kill_ours() { for p in "${PID[@]}"; do kill -KILL "$p" 2>/dev/null; done; wait 2>/dev/null; }
-trap 'rc=$?; kill_ours; (exit $rc); bench_cleanup' EXIT INT TERM
-DATABASE_URL=$(fresh_db bench_run)
-export DATABASE_URL
 ms_now() { local t=${EPOCHREALTIME/[.,]/}; echo $((t / 1000)); }
 us_now() { local t=${EPOCHREALTIME/[.,]/}; echo $((t)); }
 PUB_PORT=$(free_port); COLLECT_PORT=$(free_port); CONTROL_PORT=$(free_port)

@@ -1,5 +1,6 @@
-# Shared helpers for bench/pipeline.sh and bench/cost.sh: a private
-# PostgreSQL cluster (scripts/pg.sh), free ports, the real service binaries
+# Shared helpers for bench/pipeline.sh, bench/cost.sh, bench/footprint.sh
+# and scripts/valgrind.sh: a private PostgreSQL cluster (scripts/pg.sh),
+# free ports, the real service binaries
 # as background processes, waits with deadlines, CPU accounting per process.
 # Source it after setting BENCH_ROOT and BENCH_BUILD; then call bench_setup.
 set -euo pipefail
@@ -47,6 +48,22 @@ bench_setup() { # bench_setup NAME
     export PGCONNECT_TIMEOUT=5
     export BTL_MIGRATIONS="$BENCH_ROOT/migrations"
     export BTL_LOG=${BTL_LOG:-warn}
+}
+
+# bench_setup_tracked NAME: bench_setup for scripts that keep their
+# processes in PID[name] (footprint, valgrind): a trap that kills those
+# before bench_cleanup, and DATABASE_URL set to a fresh database.
+bench_setup_tracked() {
+    bench_setup "$1"
+    declare -gA PID=()
+    trap 'rc=$?; bench_kill_tracked; (exit $rc); bench_cleanup' EXIT INT TERM
+    DATABASE_URL=$(fresh_db bench_run)
+    export DATABASE_URL
+}
+
+bench_kill_tracked() {
+    for p in "${PID[@]}"; do kill -KILL "$p" 2>/dev/null; done
+    wait 2>/dev/null
 }
 
 free_port() {

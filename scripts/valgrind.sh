@@ -21,13 +21,8 @@ BENCH_ROOT=$ROOT BENCH_BUILD=$BUILD BENCH_KEEP=${VG_KEEP:-}
 BTL_LOG=${BTL_LOG:-info}
 # shellcheck source=../bench/lib.sh
 source "$ROOT/bench/lib.sh"
-bench_setup valgrind
+bench_setup_tracked valgrind
 T=$BT
-declare -A PID=()
-kill_ours() { for p in "${PID[@]}"; do kill -KILL "$p" 2>/dev/null; done; wait 2>/dev/null; }
-trap 'rc=$?; kill_ours; (exit $rc); bench_cleanup' EXIT INT TERM
-DATABASE_URL=$(fresh_db bench_run)
-export DATABASE_URL
 PUB_PORT=$(free_port); COLLECT_PORT=$(free_port); CONTROL_PORT=$(free_port)
 LLM_PORT=$(free_port); DISCORD_PORT=$(free_port)
 export LLM_API_KEY=vg-llm-key DISCORD_TOKEN=vg-discord-token POSTING_CHANNEL_ID=112233445566778899
