@@ -54,16 +54,6 @@ struct btl_db {
 
 /* ---- statement cache --------------------------------------------------- */
 
-static uint64_t sql_hash(const char *s, size_t len)
-{
-    uint64_t h = UINT64_C(0xcbf29ce484222325); /* FNV-1a */
-    for (size_t i = 0; i < len; i++) {
-        h ^= (unsigned char)s[i];
-        h *= UINT64_C(0x100000001b3);
-    }
-    return h;
-}
-
 static stmt *stmt_find(btl_db *db, uint64_t h, const char *sql, size_t len)
 {
     for (int i = 0; i < db->nstmts; i++) {
@@ -547,7 +537,7 @@ static int query(btl_db *db, const char *sql, int nparams, const char *const *pa
     size_t len = cache ? strnlen(sql, STMT_SQL_MAX + 1) : 0;
     if (!cache || len > STMT_SQL_MAX)
         return exec_unprepared(db, sql, nparams, params, res);
-    uint64_t h = sql_hash(sql, len);
+    uint64_t h = btl_fnv1a64(BTL_FNV1A64_INIT, sql); /* len = strlen(sql) here */
     stmt *s = stmt_find(db, h, sql, len);
     if (s == NULL) {
         /* Prepared on its second use: a text run once (or built at run
