@@ -397,46 +397,35 @@ static void *heartbeat_main(void *arg)
     worker_shared *ws = arg;
     btl_db *db = NULL;
     char err[512];
-    char lease_s[32];
-    btl_snprintf(lease_s, sizeof lease_s, "%lld milliseconds", (long long)ws->cfg->worker.lease_ms);
     int64_t period = ws->cfg->worker.lease_ms / 3;
     if (period > 2000)
         period = 2000;
-    btl_buf ids;
-    btl_buf_init(&ids, (size_t)8 << 20);
-    while (!ws->stop) {
+    int cap = ws->nthreads * ws->held_per_thread;
+    int64_t *ids = malloc((size_t)(cap > 0 ? cap : 1) * sizeof *ids);
+    while (ids != NULL && !ws->stop) {
         if (db == NULL && btl_db_open(ws->cfg->database.url, &db, err, sizeof err) != 0)
             db = NULL;
         int ok = 0;
         if (db != NULL && btl_db_ensure(db) == 0) {
             /* Only what this process holds now: never a lease by name. */
             int nheld = 0;
-            btl_buf_reset(&ids);
-            btl_buf_puts(&ids, "{");
             pthread_mutex_lock(&ws->lock);
-            for (int k = 0; k < ws->nthreads * ws->held_per_thread; k++) {
-                if (ws->held[k] == 0)
-                    continue;
-                char one[32];
-                btl_snprintf(one, sizeof one, "%s%lld", nheld ? "," : "", (long long)ws->held[k]);
-                btl_buf_puts(&ids, one);
-                nheld++;
-            }
+            for (int k = 0; k < cap; k++)
+                if (ws->held[k] != 0)
+                    ids[nheld++] = ws->held[k];
             pthread_mutex_unlock(&ws->lock);
-            btl_buf_puts(&ids, "}");
-            const char *p[] = {lease_s, ws->opts->instance, ids.data};
-            ok = nheld > 0 ? btl_db_query(db,
-                                          "UPDATE jobs SET lease_until = now() + $1::interval "
-                                          "WHERE status = 'running' AND locked_by = $2 "
-                                          "AND id = ANY ($3::bigint[])",
-                                          3, p, NULL) == 0
-                           : btl_db_query(db, "SELECT 1", 0, NULL, NULL) == 0;
+            ok = nheld > 0 || btl_db_query(db, "SELECT 1", 0, NULL, NULL) == 0;
+            for (int s = 0; s < nheld && ok; s += BTL_JOBS_BATCH_MAX) {
+                int m = nheld - s < BTL_JOBS_BATCH_MAX ? nheld - s : BTL_JOBS_BATCH_MAX, kept = 0;
+                ok = btl_jobs_extend(db, ids + s, m, ws->opts->instance, ws->cfg->worker.lease_ms,
+                                     &kept) == 0;
+            }
         }
         atomic_store(&ws->db_ok, ok);
         for (int64_t slept = 0; slept < period && !ws->stop; slept += 50)
             btl_sleep_ms(50);
     }
-    btl_buf_free(&ids);
+    free(ids);
     btl_db_close(db);
     return NULL;
 }
