@@ -362,11 +362,11 @@ static int budget_reserve(btl_llm *llm, btl_db *db, const char *model, struct wi
 static void budget_record(btl_llm *llm, btl_db *db, const char *model, const struct windows *w,
                           int64_t pt, int64_t ct)
 {
+    if (w->set && pt <= 0 && ct <= 0)
+        return; /* reserved, nothing more to add */
     char ps[24], cs[24];
     btl_snprintf(ps, sizeof ps, "%" PRId64, pt < 0 ? 0 : pt);
     btl_snprintf(cs, sizeof cs, "%" PRId64, ct < 0 ? 0 : ct);
-    if (w->set && pt <= 0 && ct <= 0)
-        return; /* reserved, nothing more to add */
     const char *p[] = {btl_llm_provider(llm),
                        model,
                        w->set ? w->minute : NULL,
