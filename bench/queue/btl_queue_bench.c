@@ -5,10 +5,10 @@
  *
  * throughput: N noop jobs are enqueued first (btl_jobs_enqueue_n, 10,000 a
  * statement), then W threads, each with its own connection, loop
- * btl_jobs_claim(B) + btl_jobs_complete (one statement per batch) until the
- * queue is empty. Time = first claim returned to last completion. This is the
- * library-level path of libshared/src/worker.c without its per-job JSON
- * parse, metrics and exec.result reporting.
+ * btl_jobs_complete_claim (the batch done and the next B claimed in one
+ * statement, after a first btl_jobs_claim) until the queue is empty. Time = first claim returned to
+ * last completion. This is the library-level path of libshared/src/worker.c without its per-job
+ * JSON parse, metrics and exec.result reporting.
  *
  * latency: the wake-up path of the real worker. A publisher thread does what
  * the scheduler does on a fire (BEGIN; enqueue; COMMIT; publish a msgpack
@@ -171,10 +171,11 @@ static void *tp_main(void *arg)
     char err[512], worker[64];
     btl_job *batch = calloc((size_t)o->batch, sizeof *batch);
     int64_t *ids = calloc((size_t)o->batch, sizeof *ids);
+    int64_t *done = calloc((size_t)o->batch, sizeof *done);
     int rc = 0;
 
     btl_snprintf(worker, sizeof worker, "bench/%d", t->index);
-    if (batch == NULL || ids == NULL) {
+    if (batch == NULL || ids == NULL || done == NULL) {
         rc = BTL_ENOMEM;
     } else if ((rc = btl_db_open(o->url, &db, err, sizeof err)) != 0) {
         fprintf(stderr, "bench: worker %d connect: %s\n", t->index, err);
@@ -183,27 +184,29 @@ static void *tp_main(void *arg)
     pthread_barrier_wait(&sh->start);
     if (rc != 0)
         goto out;
-    for (;;) {
-        int n = 0;
-        if ((rc = btl_jobs_claim(db, QUEUE, worker, o->batch, LEASE_MS, batch, &n)) != 0) {
-            fprintf(stderr, "bench: claim: %s\n", btl_db_last_error(db));
-            goto out;
-        }
-        t->claims++;
-        if (n == 0)
-            break;
+    int n = 0;
+    if ((rc = btl_jobs_claim(db, QUEUE, worker, o->batch, LEASE_MS, batch, &n)) != 0) {
+        fprintf(stderr, "bench: claim: %s\n", btl_db_last_error(db));
+        goto out;
+    }
+    t->claims++;
+    while (n > 0) {
         /* Clock starts at the first pickup, as the peers' handler-start does. */
         if (t->t_first_claim == 0)
             t->t_first_claim = now_ns();
+        int n_ids = n;
         for (int i = 0; i < n; i++) {
             ids[i] = batch[i].id; /* the noop "handler" */
             btl_job_clear(&batch[i]);
         }
+        /* As worker.c: this batch done and the next claimed in one statement. */
         int n_done = 0;
-        if ((rc = btl_jobs_complete(db, ids, n, worker, &n_done)) != 0) {
-            fprintf(stderr, "bench: complete: %s\n", btl_db_last_error(db));
+        if ((rc = btl_jobs_complete_claim(db, ids, n_ids, done, &n_done, QUEUE, worker, o->batch,
+                                          LEASE_MS, batch, &n)) != 0) {
+            fprintf(stderr, "bench: complete+claim: %s\n", btl_db_last_error(db));
             goto out;
         }
+        t->claims++;
         atomic_fetch_add(&sh->done, n_done);
         t->t_last_done = now_ns();
     }
@@ -213,6 +216,7 @@ out:
     btl_db_close(db);
     free(batch);
     free(ids);
+    free(done);
     return NULL;
 }
 

@@ -179,71 +179,125 @@ static int cmp_claimed(const void *a, const void *b)
     return (x->id > y->id) - (x->id < y->id);
 }
 
-int btl_jobs_claim(btl_db *db, const char *queue, const char *worker, int limit, int64_t lease_ms,
-                   btl_job *out, int *n)
+/* The claim as a statement fragment: $1 queue, $2 worker, $3 lease ms; the
+ * limit is a printf %d. ARRAY(...) is an InitPlan, evaluated exactly once: an
+ * IN (subquery) could be re-scanned by some plans, and with SKIP LOCKED each
+ * scan may pick different rows, so LIMIT would no longer bound the claim.
+ * The limit is a literal, not a parameter: for "LIMIT $n" the planner costs
+ * a generic plan as if a tenth of the table came back, so a prepared claim
+ * was planned afresh on every execution (about half its time at batch 1).
+ * A worker uses one limit, so one text per limit is prepared once. */
+#define CLAIM_UPDATE                                                                               \
+    "UPDATE jobs SET status = 'running', locked_by = $2, "                                         \
+    "lease_until = now() + $3::bigint * interval '1 millisecond', "                                \
+    "attempts = attempts + 1, attempted_at = now() "                                               \
+    "WHERE id = ANY (ARRAY("                                                                       \
+    "  SELECT id FROM jobs WHERE queue = $1 AND status = 'queued' AND run_after <= now() "         \
+    "  ORDER BY priority DESC, run_after, id LIMIT %d FOR UPDATE SKIP LOCKED)) "                   \
+    "AND status = 'queued' "                                                                       \
+    "RETURNING id, kind, queue, coalesce(task_id, ''), coalesce(run_id, 0), payload::text, "       \
+    "attempts, max_attempts"
+
+/* Runs a claim statement whose rows are CLAIM_UPDATE's RETURNING list;
+ * rows with a NULL kind are not claims but ids completed by the same
+ * statement (btl_jobs_complete_claim), copied to done[] (room for n_ids).
+ * On error nothing is returned in out. */
+static int run_claim(btl_db *db, const char *sql_fmt, const char *queue, const char *worker,
+                     int limit, int64_t lease_ms, const int64_t *ids, int n_ids, btl_job *out,
+                     int *n, int64_t *done, int *n_done)
 {
-    /* ARRAY(...) is an InitPlan, evaluated exactly once: an IN (subquery)
-     * could be re-scanned by some plans, and with SKIP LOCKED each scan may
-     * pick different rows, so LIMIT would no longer bound the claim. */
-    static const char sql[] =
-        "UPDATE jobs SET status = 'running', locked_by = $2, "
-        "lease_until = now() + $4::bigint * interval '1 millisecond', "
-        "attempts = attempts + 1, attempted_at = now() "
-        "WHERE id = ANY (ARRAY("
-        "  SELECT id FROM jobs WHERE queue = $1 AND status = 'queued' AND run_after <= now() "
-        "  ORDER BY priority DESC, run_after, id LIMIT $3::int FOR UPDATE SKIP LOCKED)) "
-        "AND status = 'queued' "
-        "RETURNING id, kind, queue, coalesce(task_id, ''), coalesce(run_id, 0), payload::text, "
-        "attempts, max_attempts";
     int rc = 0;
     PGresult *r = NULL;
-    char lbuf[16], lease[24];
-    int filled = 0; /* entries of out initialised so far */
+    btl_buf arr = {0};
+    char lease[24], text[1024];
+    int got = 0, nd = 0;
 
     if (n == NULL)
         return BTL_EINVAL;
     *n = 0;
-    if (!str_ok(queue, 31) || out == NULL || limit < 1 || limit > BTL_JOBS_CLAIM_MAX)
+    if (n_done != NULL)
+        *n_done = 0;
+    if (db == NULL || !str_ok(queue, 31) || out == NULL || limit < 1 || limit > BTL_JOBS_CLAIM_MAX)
         return BTL_EINVAL;
-    if ((rc = check_worker(worker)) != 0 || (rc = check_lease(lease_ms)) != 0)
+    if ((rc = check_worker(worker)) != 0 || (rc = check_lease(lease_ms)) != 0 ||
+        (rc = check_batch(ids, n_ids)) != 0)
         return rc;
-    btl_snprintf(lbuf, sizeof lbuf, "%d", limit);
     btl_snprintf(lease, sizeof lease, "%" PRId64, lease_ms);
-    const char *params[] = {queue, worker, lbuf, lease};
-    if ((rc = btl_db_query(db, sql, 4, params, &r)) != 0)
-        return rc;
-    int rows = PQntuples(r);
-    if (rows > limit) { /* cannot happen; never overrun the caller's array */
-        rc = BTL_EDB;
+    if (btl_snprintf(text, sizeof text, sql_fmt, limit) != 0)
+        return BTL_EINVAL; /* cannot happen: the texts are fixed */
+    if (done != NULL && (rc = id_array(ids, n_ids, &arr)) != 0)
         goto out;
-    }
-    for (int got = 0; got < rows; got++) {
-        btl_job *j = &out[got];
+    const char *params[] = {queue, worker, lease, arr.data};
+    if ((rc = btl_db_query(db, text, done != NULL ? 4 : 3, params, &r)) != 0)
+        goto out;
+    int rows = PQntuples(r);
+    for (int i = 0; i < rows; i++) {
+        if (PQgetisnull(r, i, 1)) {
+            if (done == NULL || nd >= n_ids) { /* cannot happen; never overrun */
+                rc = BTL_EDB;
+                goto out;
+            }
+            done[nd++] = btl_db_get_i64(r, i, 0);
+            continue;
+        }
+        if (got >= limit) {
+            rc = BTL_EDB;
+            goto out;
+        }
+        btl_job *j = &out[got++];
         memset(j, 0, sizeof *j);
-        filled = got + 1;
-        j->id = btl_db_get_i64(r, got, 0);
-        btl_strlcpy(j->kind, PQgetvalue(r, got, 1), sizeof j->kind);
-        btl_strlcpy(j->queue, PQgetvalue(r, got, 2), sizeof j->queue);
-        btl_strlcpy(j->task_id, PQgetvalue(r, got, 3), sizeof j->task_id);
-        j->run_id = btl_db_get_i64(r, got, 4);
-        j->attempts = (int)btl_db_get_i64(r, got, 6);
-        j->max_attempts = (int)btl_db_get_i64(r, got, 7);
-        j->payload = strdup(PQgetvalue(r, got, 5));
+        j->id = btl_db_get_i64(r, i, 0);
+        btl_strlcpy(j->kind, PQgetvalue(r, i, 1), sizeof j->kind);
+        btl_strlcpy(j->queue, PQgetvalue(r, i, 2), sizeof j->queue);
+        btl_strlcpy(j->task_id, PQgetvalue(r, i, 3), sizeof j->task_id);
+        j->run_id = btl_db_get_i64(r, i, 4);
+        j->attempts = (int)btl_db_get_i64(r, i, 6);
+        j->max_attempts = (int)btl_db_get_i64(r, i, 7);
+        j->payload = strdup(PQgetvalue(r, i, 5));
         if (j->payload == NULL) {
             rc = BTL_ENOMEM;
             goto out;
         }
     }
     /* RETURNING order is unspecified; id order keeps batches predictable. */
-    qsort(out, (size_t)rows, sizeof *out, cmp_claimed);
-    *n = rows;
+    qsort(out, (size_t)got, sizeof *out, cmp_claimed);
+    *n = got;
+    if (n_done != NULL)
+        *n_done = nd;
 out:
     if (rc != 0) {
-        for (int i = 0; i < filled; i++)
+        for (int i = 0; i < got; i++)
             btl_job_clear(&out[i]);
     }
     PQclear(r);
+    btl_buf_free(&arr);
     return rc;
+}
+
+int btl_jobs_claim(btl_db *db, const char *queue, const char *worker, int limit, int64_t lease_ms,
+                   btl_job *out, int *n)
+{
+    return run_claim(db, CLAIM_UPDATE, queue, worker, limit, lease_ms, NULL, 0, out, n, NULL, NULL);
+}
+
+int btl_jobs_complete_claim(btl_db *db, const int64_t *ids, int n_ids, int64_t *done_ids,
+                            int *n_done, const char *queue, const char *worker, int limit,
+                            int64_t lease_ms, btl_job *out, int *n)
+{
+    /* Data-modifying CTEs share one snapshot: the completed rows are
+     * running, never queued, so the claim cannot pick them. */
+    static const char sql[] =
+        "WITH done AS (UPDATE jobs SET status = 'done', finished_at = now(), lease_until = NULL "
+        "  WHERE id = ANY ($4::bigint[]) AND status = 'running' AND locked_by = $2 RETURNING id), "
+        "claimed AS (" CLAIM_UPDATE ") "
+        "SELECT * FROM claimed UNION ALL "
+        "SELECT id, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM done";
+    if (done_ids == NULL || n_done == NULL) {
+        if (n != NULL)
+            *n = 0;
+        return BTL_EINVAL;
+    }
+    return run_claim(db, sql, queue, worker, limit, lease_ms, ids, n_ids, out, n, done_ids, n_done);
 }
 
 /* ---- transitions of held jobs ------------------------------------------ */

@@ -180,9 +180,6 @@ static void report(worker_shared *ws, const run_agg *a)
     btl_msg_free(&m);
 }
 
-/* One drain cycle: claim batches until the queue is empty, a second has
- * passed (so long drains still report), or we are stopping. Returns the
- * number of jobs claimed. */
 /* Successful jobs of the current batch waiting to be marked done. */
 typedef struct pending_done {
     int64_t *ids;  /* claimed ids that succeeded */
@@ -192,25 +189,12 @@ typedef struct pending_done {
     int64_t last_flush_ms;
 } pending_done;
 
-/* Marks the pending successes done in one statement and accounts for each:
- * only what the database accepted as ours counts; a job whose lease ran out
- * was rescued and is reported where it completes. When the statement
- * itself fails nothing is counted: those jobs stay running, their leases
- * (no longer renewed once the batch is let go) run out, and the queue
- * hands them out again. */
-static void flush_done(worker_shared *ws, btl_worker_env *env, const btl_job *batch, int nbatch,
-                       pending_done *pd, run_agg *aggs, int *naggs)
+/* Accounts for the pending successes after their completion statement:
+ * only what the database accepted as ours (done[0..n_ok-1]) counts; a job
+ * whose lease ran out was rescued and is reported where it completes. */
+static void account_done(worker_shared *ws, const btl_job *batch, int nbatch, pending_done *pd,
+                         int n_ok, run_agg *aggs, int *naggs)
 {
-    pd->last_flush_ms = btl_mono_ms();
-    if (pd->n == 0)
-        return;
-    int n_ok = 0;
-    if (btl_jobs_complete_ids(env->db, pd->ids, pd->n, ws->opts->instance, pd->done, &n_ok) != 0) {
-        BTL_WARN("outcomes not recorded: the jobs will run again after their lease", "count",
-                 btl_log_i64((char[32]){0}, pd->n), "error", btl_db_last_error(env->db));
-        pd->n = 0;
-        return;
-    }
     for (int d = 0; d < pd->n; d++) {
         bool ours = false;
         for (int k = 0; k < n_ok && !ours; k++)
@@ -235,10 +219,32 @@ static void flush_done(worker_shared *ws, btl_worker_env *env, const btl_job *ba
     pd->n = 0;
 }
 
-/* One drain cycle: claim batches until the queue is empty, a second has
- * passed (so long drains still report), or we are stopping. Successes are
- * marked done in batches, but at least every 250 ms, so a crash re-runs
- * little finished work. Returns the number of jobs claimed. */
+/* When a completion statement fails nothing is counted: those jobs stay
+ * running, their leases (no longer renewed once the batch is let go) run
+ * out, and the queue hands them out again. */
+static void outcomes_lost(btl_worker_env *env, pending_done *pd)
+{
+    BTL_WARN("outcomes not recorded: the jobs will run again after their lease", "count",
+             btl_log_i64((char[32]){0}, pd->n), "error", btl_db_last_error(env->db));
+    pd->n = 0;
+}
+
+/* Marks the pending successes done in one statement and accounts for them. */
+static void flush_done(worker_shared *ws, btl_worker_env *env, const btl_job *batch, int nbatch,
+                       pending_done *pd, run_agg *aggs, int *naggs)
+{
+    pd->last_flush_ms = btl_mono_ms();
+    if (pd->n == 0)
+        return;
+    int n_ok = 0;
+    if (btl_jobs_complete_ids(env->db, pd->ids, pd->n, ws->opts->instance, pd->done, &n_ok) != 0) {
+        outcomes_lost(env, pd);
+        return;
+    }
+    account_done(ws, batch, nbatch, pd, n_ok, aggs, naggs);
+}
+
+/* The ids the heartbeat renews for this thread. */
 static void set_held(worker_shared *ws, int64_t *slots, const btl_job *batch, int n)
 {
     pthread_mutex_lock(&ws->lock);
@@ -247,23 +253,25 @@ static void set_held(worker_shared *ws, int64_t *slots, const btl_job *batch, in
     pthread_mutex_unlock(&ws->lock);
 }
 
-static int drain(worker_shared *ws, btl_worker_env *env, btl_job *batch, pending_done *pd,
+/* One drain cycle: claim batches until the queue is empty, a second has
+ * passed (so long drains still report), or we are stopping. Successes are
+ * marked done in batches, but at least every 250 ms, so a crash re-runs
+ * little finished work. Returns the number of jobs claimed. */
+static int drain(worker_shared *ws, btl_worker_env *env, btl_job *bufs[2], pending_done *pd,
                  int64_t *held)
 {
     const btl_config *cfg = ws->cfg;
     run_agg aggs[MAX_AGG];
     int naggs = 0, total = 0;
     int64_t t0 = btl_mono_ms();
-    while (!ws->stop && btl_mono_ms() - t0 < 1000) {
-        int n = 0;
-        int rc = btl_jobs_claim(env->db, ws->opts->service, ws->opts->instance,
-                                cfg->worker.batch_size, cfg->worker.lease_ms, batch, &n);
-        if (rc != 0) {
-            BTL_WARN("claim failed", "error", btl_db_last_error(env->db));
-            break;
-        }
-        if (n == 0)
-            break;
+    btl_job *batch = bufs[0], *next = bufs[1];
+    int n = 0;
+    if (btl_jobs_claim(env->db, ws->opts->service, ws->opts->instance, cfg->worker.batch_size,
+                       cfg->worker.lease_ms, batch, &n) != 0) {
+        BTL_WARN("claim failed", "error", btl_db_last_error(env->db));
+        n = 0;
+    }
+    while (n > 0) {
         set_held(ws, held, batch, n);
         total += n;
         pd->n = 0;
@@ -275,7 +283,7 @@ static int drain(worker_shared *ws, btl_worker_env *env, btl_job *batch, pending
             run_agg *a = agg_for(aggs, &naggs, job);
             btl_job_outcome oc;
             int64_t js = btl_mono_ms();
-            rc = run_job(ws, env, job, &oc);
+            int rc = run_job(ws, env, job, &oc);
             btl_metric_observe(ws->m_duration, NULL, (double)(btl_mono_ms() - js) / 1000.0);
             if (rc == BTL_ECLOSED && ws->stop) {
                 break; /* interrupted by shutdown: released below */
@@ -322,11 +330,32 @@ static int drain(worker_shared *ws, btl_worker_env *env, btl_job *batch, pending
             btl_jobs_release(env->db, rel, nrel, ws->opts->instance, &nr);
             BTL_INFO("released unfinished jobs", "count", btl_log_i64((char[32]){0}, nr));
         }
-        flush_done(ws, env, batch, i, pd, aggs, &naggs);
+        int n_next = 0;
+        if (!ws->stop && btl_mono_ms() - t0 < 1000) {
+            /* Mark this batch done and claim the next in one round trip. */
+            int n_ok = 0;
+            if (btl_jobs_complete_claim(env->db, pd->ids, pd->n, pd->done, &n_ok, ws->opts->service,
+                                        ws->opts->instance, cfg->worker.batch_size,
+                                        cfg->worker.lease_ms, next, &n_next) == 0) {
+                account_done(ws, batch, i, pd, n_ok, aggs, &naggs);
+            } else {
+                if (pd->n > 0)
+                    outcomes_lost(env, pd);
+                else
+                    BTL_WARN("claim failed", "error", btl_db_last_error(env->db));
+                n_next = 0;
+            }
+        } else {
+            flush_done(ws, env, batch, i, pd, aggs, &naggs);
+        }
         set_held(ws, held, batch, 0);
         btl_metric_inc(ws->m_active, NULL, -n);
         for (int k = 0; k < n; k++)
             btl_job_clear(&batch[k]);
+        btl_job *t = batch;
+        batch = next;
+        next = t;
+        n = n_next;
     }
     for (int k = 0; k < naggs; k++)
         report(ws, &aggs[k]);
@@ -340,11 +369,14 @@ static void *thread_main(void *arg)
     btl_db *db = NULL;
     char err[512];
     int bs = ws->cfg->worker.batch_size;
-    btl_job *batch = calloc((size_t)bs, sizeof *batch);
+    /* Two batches: the next is claimed by the statement that completes the
+     * current one. */
+    btl_job *bufs[2] = {calloc((size_t)bs, sizeof(btl_job)), calloc((size_t)bs, sizeof(btl_job))};
     pending_done pd = {.ids = calloc((size_t)bs, sizeof *pd.ids),
                        .done = calloc((size_t)bs, sizeof *pd.done),
                        .skipped = calloc((size_t)bs, sizeof *pd.skipped)};
-    if (batch == NULL || pd.ids == NULL || pd.done == NULL || pd.skipped == NULL)
+    if (bufs[0] == NULL || bufs[1] == NULL || pd.ids == NULL || pd.done == NULL ||
+        pd.skipped == NULL)
         goto out;
     uint64_t seen = 0;
     while (!ws->stop) {
@@ -365,7 +397,7 @@ static void *thread_main(void *arg)
                               .service = ws->opts->service,
                               .instance = ws->opts->instance,
                               .stop = &ws->stop};
-        int got = drain(ws, &env, batch, &pd, ws->held + (size_t)t->index * (size_t)bs);
+        int got = drain(ws, &env, bufs, &pd, ws->held + (size_t)t->index * (size_t)bs);
         if (got > 0)
             continue; /* more may be waiting */
         /* Sleep until a tick or the fallback poll. */
@@ -383,7 +415,8 @@ static void *thread_main(void *arg)
     }
 out:
     btl_db_close(db);
-    free(batch);
+    free(bufs[0]);
+    free(bufs[1]);
     free(pd.ids);
     free(pd.done);
     free(pd.skipped);

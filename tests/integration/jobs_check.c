@@ -628,6 +628,7 @@ static void test_claim(void)
 #define CONC_THREADS 4
 
 struct conc_arg {
+    bool fused; /* complete + claim in one statement, as worker.c */
     int done;
     int claimed;
     int64_t *ids;
@@ -641,12 +642,10 @@ static void *conc_thread(void *p)
     char worker[32];
     snprintf(worker, sizeof worker, "conc-%p", p);
     btl_job jobs[16];
-    int64_t ids[16];
-    for (;;) {
-        int n = 0;
-        a->rc = btl_jobs_claim(db, "t_conc", worker, 16, 60000, jobs, &n);
-        if (a->rc != 0 || n == 0)
-            break;
+    int64_t ids[16], done_ids[16];
+    int n = 0;
+    a->rc = btl_jobs_claim(db, "t_conc", worker, 16, 60000, jobs, &n);
+    while (a->rc == 0 && n > 0) {
         for (int i = 0; i < n; i++) {
             ids[i] = jobs[i].id;
             if (a->claimed < CONC_JOBS * 2)
@@ -654,10 +653,15 @@ static void *conc_thread(void *p)
             a->claimed++;
             btl_job_clear(&jobs[i]);
         }
-        int d = 0;
-        a->rc = btl_jobs_complete(db, ids, n, worker, &d);
-        if (a->rc != 0)
-            break;
+        int d = 0, held = n;
+        if (a->fused) {
+            a->rc = btl_jobs_complete_claim(db, ids, held, done_ids, &d, "t_conc", worker, 16,
+                                            60000, jobs, &n);
+        } else {
+            a->rc = btl_jobs_complete(db, ids, held, worker, &d);
+            if (a->rc == 0)
+                a->rc = btl_jobs_claim(db, "t_conc", worker, 16, 60000, jobs, &n);
+        }
         a->done += d;
     }
     btl_db_close(db);
@@ -681,6 +685,7 @@ static void test_concurrent(void)
     pthread_t t[CONC_THREADS];
     for (int i = 0; i < CONC_THREADS; i++) {
         a[i].ids = calloc(CONC_JOBS * 2, sizeof(int64_t));
+        a[i].fused = i % 2 == 1;
         pthread_create(&t[i], NULL, conc_thread, &a[i]);
     }
     int done = 0, claimed = 0;
@@ -715,6 +720,70 @@ static void test_concurrent(void)
         spread += a[i].done > 0;
     printf("concurrent: per-thread done %d/%d/%d/%d\n", a[0].done, a[1].done, a[2].done, a[3].done);
     CHECK(spread >= 2, "work shared by several workers (%d)", spread);
+    btl_db_close(db);
+}
+
+/* btl_jobs_complete_claim: one statement completes only what the caller
+ * holds and claims the next batch, bounded by its limit. */
+static void test_complete_claim(void)
+{
+    btl_db *db = open_db();
+    btl_job_spec s = {.queue = "t_cc", .kind = "k"};
+    int ins = 0;
+    REQUIRE(btl_jobs_enqueue_n(db, &s, 6, NULL, &ins) == 0 && ins == 6, "6 jobs");
+    int64_t mine = claim1(db, "t_cc", "a", 60000);
+    int64_t theirs = claim1(db, "t_cc", "b", 60000);
+    REQUIRE(mine > 0 && theirs > 0, "claimed one each");
+    int64_t ids[2] = {mine, theirs}, done[2] = {0, 0};
+    btl_job out[8];
+    int nd = -1, n = -1;
+    int rc = btl_jobs_complete_claim(db, ids, 2, done, &nd, "t_cc", "a", 3, 60000, out, &n);
+    REQUIRE(rc == 0, "complete_claim: %s %s", btl_strerror(rc), btl_db_last_error(db));
+    CHECK(nd == 1 && done[0] == mine, "only the held job completed (%d, %" PRId64 ")", nd, done[0]);
+    CHECK(n == 3, "limit 3 claimed %d", n);
+    char st[16];
+    status_of(db, mine, st, sizeof st);
+    CHECK(strcmp(st, "done") == 0, "mine done: %s", st);
+    status_of(db, theirs, st, sizeof st);
+    CHECK(strcmp(st, "running") == 0, "theirs untouched: %s", st);
+    int64_t next[3];
+    for (int i = 0; i < n; i++) {
+        next[i] = out[i].id;
+        CHECK(out[i].id != mine && out[i].id != theirs && out[i].attempts == 1 &&
+                  strcmp(out[i].kind, "k") == 0 && out[i].payload != NULL,
+              "claimed job %d fields", i);
+        CHECK(q_id(db,
+                   "SELECT (locked_by = 'a' AND status = 'running')::int FROM jobs WHERE id = "
+                   "$1::bigint",
+                   out[i].id) == 1,
+              "held by a");
+        CHECK(i == 0 || out[i].id > out[i - 1].id, "id order");
+        btl_job_clear(&out[i]);
+    }
+    /* Another limit is another statement text: still bounded. */
+    int64_t done3[3];
+    rc = btl_jobs_complete_claim(db, next, n, done3, &nd, "t_cc", "a", 5, 60000, out, &n);
+    CHECK(rc == 0 && nd == 3 && n == 1, "3 done, the last one claimed: rc=%d nd=%d n=%d", rc, nd,
+          n);
+    int64_t last = n == 1 ? out[0].id : 0;
+    if (n == 1)
+        btl_job_clear(&out[0]);
+    rc = btl_jobs_complete_claim(db, &last, 1, done3, &nd, "t_cc", "a", 5, 60000, out, &n);
+    CHECK(rc == 0 && nd == 1 && n == 0, "drained: nd=%d n=%d", nd, n);
+    rc = btl_jobs_complete_claim(db, NULL, 0, done3, &nd, "t_cc", "a", 5, 60000, out, &n);
+    CHECK(rc == 0 && nd == 0 && n == 0, "nothing held, nothing due");
+    CHECK(btl_jobs_complete_claim(db, NULL, 0, NULL, &nd, "t_cc", "a", 5, 60000, out, &n) ==
+              BTL_EINVAL,
+          "NULL done_ids");
+    CHECK(btl_jobs_complete_claim(db, NULL, 0, done3, &nd, "t_cc", "a", 0, 60000, out, &n) ==
+              BTL_EINVAL,
+          "limit 0");
+    CHECK(btl_jobs_complete_claim(db, NULL, 2, done3, &nd, "t_cc", "a", 5, 60000, out, &n) ==
+              BTL_EINVAL,
+          "NULL ids with n 2");
+    btl_jobs_counts c;
+    CHECK(btl_jobs_count(db, "t_cc", &c) == 0 && c.done == 5 && c.running == 1 && c.queued == 0,
+          "counts: done=%" PRId64 " running=%" PRId64, c.done, c.running);
     btl_db_close(db);
 }
 
@@ -999,6 +1068,7 @@ int main(int argc, char **argv)
         {"enqueue_n", test_enqueue_n},
         {"claim", test_claim},
         {"concurrent", test_concurrent},
+        {"complete_claim", test_complete_claim},
         {"extend_complete", test_extend_complete},
         {"fail", test_fail},
         {"release", test_release},
