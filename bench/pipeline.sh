@@ -23,7 +23,10 @@
 #   BENCH_PIPE_SLOW_BATCH=1    worker.batch_size, 50 ms scenarios: a generate.post
 #                              job takes ~0.3 s, so one job per claim spreads
 #                              them over every thread and replica
-#   BENCH_PIPE_POST_FANOUT=100 post jobs per posting fire (every 100 ms)
+#   BENCH_PIPE_POST_FANOUT=8   post jobs per posting fire (every 100 ms)
+#   BENCH_PIPE_POSTS_PER_JOB=100  posts_per_job of the posting task: one job
+#                              posts until none is due (shipped default 1:
+#                              one post per tick, the human pace)
 #   BENCH_PIPE_SINK=discord    discord (fake_discord over HTTP) | file
 #   BENCH_PIPE_SCENARIOS="instant slow"
 #   BENCH_PIPE_PERF=0          1: perf record -a during each drain, top
@@ -58,7 +61,8 @@ POLL_FALLBACK=1s         # worker.poll_fallback
 CURATE_EVERY=250ms       # curation schedule (on_event off: its 3 s delay is fixed)
 CURATE_BATCH=50          # curation.batch_size: posts per scoring call (max 50)
 POST_EVERY=100ms         # posting schedule
-POST_FANOUT=${BENCH_PIPE_POST_FANOUT:-100}   # post jobs per posting fire (one post each)
+POST_FANOUT=${BENCH_PIPE_POST_FANOUT:-8}     # post jobs per posting fire
+POSTS_PER_JOB=${BENCH_PIPE_POSTS_PER_JOB:-100} # posts one posting job may publish
 
 bench_setup pipeline
 if [ "$PGSS" = 1 ]; then
@@ -121,6 +125,7 @@ tasks:
     schedule: "every $POST_EVERY"
     jitter_percent: 0
     fanout: $POST_FANOUT
+    posts_per_job: $POSTS_PER_JOB
     platform: $SINK
     execution: { max_retries: 0 }
 EOF
@@ -348,7 +353,7 @@ report() {
     echo "worker.concurrency $CONC, worker.batch_size $BATCH instant / $SLOW_BATCH slow, poll_fallback $POLL_FALLBACK, lease 60s;"
     echo "scheduler.check_interval $CHECK_INTERVAL; curation every $CURATE_EVERY (drain_queue, batch_size $CURATE_BATCH,"
     echo "select_top 1000, min_score 0, near_duplicate off, on_event off); posting every $POST_EVERY, jitter 0,"
-    echo "no window, fanout $POST_FANOUT (one post per job: at most $POST_FANOUT posts per fire). Clock: trigger's"
+    echo "no window, fanout $POST_FANOUT, posts_per_job $POSTS_PER_JOB (at most $((POST_FANOUT * POSTS_PER_JOB)) posts per fire). Clock: trigger's"
     echo "task_runs.fired_at → last posts.posted_at. Each scenario: fresh database, fresh processes, BTL_LOG=warn."
     echo
     echo "## Raw results"

@@ -1082,6 +1082,7 @@ static const struct key_desc task_tab[] = {
     STR(btl_task_cfg, "job", job, NULL, check_job),
     INT(btl_task_cfg, "fanout", fanout, 1, 10000,
         "1"), /* BTL_JOBS_BATCH_MAX: one enqueue per fire */
+    INT(btl_task_cfg, "posts_per_job", posts_per_job, 1, 1000, "1"),
     BOOL(btl_task_cfg, "enabled", enabled, "true"),
     MAP("execution", offsetof(btl_task_cfg, execution), execution_tab),
     BLOCK("window", offsetof(btl_task_cfg, window), window_tab, offsetof(btl_window_cfg, set)),
@@ -1268,6 +1269,8 @@ static int check_task(struct walk *w, btl_task_cfg *t, const struct node *map, c
         return wfail(w, k, "%s: 'curation' only applies to curator tasks", path);
     if ((k = find_key(map, "platform")) && !poster)
         return wfail(w, k, "%s: 'platform' only applies to poster tasks", path);
+    if ((k = find_key(map, "posts_per_job")) && !poster)
+        return wfail(w, k, "%s: 'posts_per_job' only applies to poster tasks", path);
 
     /* An operational `job` replaces the service's own work and its inputs. */
     if (t->job[0] != '\0')

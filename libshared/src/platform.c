@@ -40,6 +40,11 @@ struct btl_platform {
     int max_chars;
     int64_t timeout_ms;
     uint64_t route; /* rate-limit key (hash of the URL: no secret kept there) */
+    /* Kept between publishes to reuse the connection, only where the
+     * request carries an idempotency key: libcurl silently resends a
+     * request whose reused connection died before any answer, and only the
+     * key makes such a resend harmless (webhooks take none). */
+    CURL *curl;
 };
 
 /* ---- pure helpers ------------------------------------------------------- */
@@ -435,11 +440,20 @@ static int http_publish(btl_platform *p, const char *body, const char *idem_key,
         btl_sleep_ms(wait);
 
     pthread_once(&curl_once, curl_init_once);
-    if ((h = curl_easy_init()) == NULL) {
+    bool keep = p->kind == K_DISCORD || p->kind == K_MASTODON;
+    if (keep && p->curl != NULL) {
+        h = p->curl;
+        curl_easy_reset(h); /* options go, the connection stays */
+    } else if ((h = curl_easy_init()) == NULL) {
         btl_strlcpy(res->error, "curl_easy_init failed", sizeof res->error);
         rc = BTL_ENOMEM;
         goto out;
     }
+    if (keep) {
+        p->curl = h;
+        h = NULL; /* owned by p now */
+    }
+    CURL *req = keep ? p->curl : h;
     hl = curl_slist_append(hl, "Content-Type: application/json");
     hl = curl_slist_append(hl, "Expect:"); /* no 100-continue round trip */
     if (p->auth)
@@ -453,25 +467,25 @@ static int http_publish(btl_platform *p, const char *body, const char *idem_key,
         rc = BTL_ENOMEM;
         goto out;
     }
-    curl_easy_setopt(h, CURLOPT_URL, p->url);
-    curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(h, CURLOPT_HTTPHEADER, hl);
-    curl_easy_setopt(h, CURLOPT_USERAGENT, p->kind == K_MASTODON ? MASTODON_UA : DISCORD_UA);
-    curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
-    curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(body));
-    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)p->timeout_ms);
-    curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS,
+    curl_easy_setopt(req, CURLOPT_URL, p->url);
+    curl_easy_setopt(req, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(req, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(req, CURLOPT_HTTPHEADER, hl);
+    curl_easy_setopt(req, CURLOPT_USERAGENT, p->kind == K_MASTODON ? MASTODON_UA : DISCORD_UA);
+    curl_easy_setopt(req, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(req, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(body));
+    curl_easy_setopt(req, CURLOPT_TIMEOUT_MS, (long)p->timeout_ms);
+    curl_easy_setopt(req, CURLOPT_CONNECTTIMEOUT_MS,
                      (long)(p->timeout_ms < 5000 ? p->timeout_ms : 5000));
-    curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
-    curl_easy_setopt(h, CURLOPT_HEADERDATA, &c);
-    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(h, CURLOPT_WRITEDATA, &c);
+    curl_easy_setopt(req, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(req, CURLOPT_HEADERDATA, &c);
+    curl_easy_setopt(req, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(req, CURLOPT_WRITEDATA, &c);
 
-    CURLcode cc = curl_easy_perform(h);
+    CURLcode cc = curl_easy_perform(req);
     long sent = 0, status = 0;
-    curl_easy_getinfo(h, CURLINFO_REQUEST_SIZE, &sent);
-    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
+    curl_easy_getinfo(req, CURLINFO_REQUEST_SIZE, &sent);
+    curl_easy_getinfo(req, CURLINFO_RESPONSE_CODE, &status);
     res->sent = sent > 0;
     if (cc != CURLE_OK && status == 0) {
         count_request(p, 0);
@@ -629,6 +643,8 @@ void btl_platform_free(btl_platform *p)
         free(p->auth);
     }
     free(p->channel);
+    if (p->curl)
+        curl_easy_cleanup(p->curl);
     free(p);
 }
 

@@ -240,62 +240,24 @@ static int mark_unknown(btl_worker_env *env, const claimed *c, const char *why, 
                   3, p, rows);
 }
 
-int poster_handle_job(void *ud, btl_worker_env *env, const btl_job *job, btl_job_outcome *oc)
+/* Claims one approved post and publishes it. 0 with *posted when it went
+ * out; 0 with *none_due when no post is due (oc untouched); 0 with neither
+ * when it was paced (oc->skipped); otherwise the post's failure in oc. */
+static int post_one(btl_worker_env *env, const btl_job *job, btl_platform *pl, const char *pname,
+                    btl_job_outcome *oc, bool *posted, bool *none_due)
 {
-    (void)ud;
-    char task[128], err[512], idem[48], ids[32];
-    btl_platform *pl = NULL;
+    char idem[48], ids[32];
     PGresult *res = NULL;
     claimed c;
     btl_publish_result r;
     int64_t rows = 0;
     int rc;
-    bool open = true;
 
     memset(&c, 0, sizeof c);
-    if (strcmp(job->kind, "post") != 0) {
-        oc->permanent = true;
-        btl_snprintf(oc->error, sizeof oc->error, "btl-poster has no job kind '%s'", job->kind);
-        rc = BTL_EUNSUPPORTED;
-        goto out;
-    }
-    task_name(job, task, sizeof task);
-    const btl_task_cfg *tc = btl_config_task(env->cfg, task);
-    if (tc == NULL) {
-        oc->permanent = true;
-        btl_snprintf(oc->error, sizeof oc->error, "unknown task '%s' (not in the configuration)",
-                     task);
-        rc = BTL_ENOTFOUND;
-        goto out;
-    }
-    if ((rc = window_open(tc, btl_now_ms(), &open, err, sizeof err)) != 0) {
-        oc->permanent = oc->unrecoverable = true;
-        btl_strlcpy(oc->error, err, sizeof oc->error);
-        goto out;
-    }
-    if (!open) {
-        oc->skipped = true;
-        btl_strlcpy(oc->error, "outside posting window", sizeof oc->error);
-        count("skipped");
-        rc = 0;
-        goto out;
-    }
-    const char *pname = tc->platform && tc->platform[0] ? tc->platform : "file";
-    if ((rc = btl_platform_new(env->cfg, pname, &pl, err, sizeof err)) != 0) {
-        /* Configuration, not the post: pause the task, claim nothing. */
-        oc->permanent = oc->unrecoverable = true;
-        btl_snprintf(oc->error, sizeof oc->error, "platform %s: %s", pname, err);
-        goto out;
-    }
-    /* Half the lease: a slow answer is still recorded before the lease ends. */
-    int64_t to = env->cfg->worker.lease_ms / 2;
-    btl_platform_set_timeout(pl, to < 1000 ? 1000 : to > 30000 ? 30000 : to);
-
+    *posted = *none_due = false;
     if ((rc = claim(env, job, pl, &res, &c)) != 0) {
         if (rc == BTL_ENOTFOUND) {
-            oc->skipped = true;
-            btl_strlcpy(oc->error, "no approved post is due", sizeof oc->error);
-            count("none");
+            *none_due = true;
             rc = 0;
         } else {
             btl_snprintf(oc->error, sizeof oc->error, "claim failed: %s",
@@ -325,6 +287,7 @@ int poster_handle_job(void *ud, btl_worker_env *env, const btl_job *job, btl_job
         BTL_INFO("posted", "post_id", ids, "platform", pname, "remote_id", r.remote_id);
         count("posted");
         send_event(env, BTL_TOPIC_POST_POSTED, &c, "posted", pname, r.remote_id);
+        *posted = true;
         break;
     case BTL_EAGAIN:
     case BTL_EIO:
@@ -388,6 +351,72 @@ int poster_handle_job(void *ud, btl_worker_env *env, const btl_job *job, btl_job
     }
 out:
     PQclear(res);
+    return rc;
+}
+
+int poster_handle_job(void *ud, btl_worker_env *env, const btl_job *job, btl_job_outcome *oc)
+{
+    (void)ud;
+    char task[128], err[512];
+    btl_platform *pl = NULL;
+    int rc;
+    bool open = true;
+
+    if (strcmp(job->kind, "post") != 0) {
+        oc->permanent = true;
+        btl_snprintf(oc->error, sizeof oc->error, "btl-poster has no job kind '%s'", job->kind);
+        rc = BTL_EUNSUPPORTED;
+        goto out;
+    }
+    task_name(job, task, sizeof task);
+    const btl_task_cfg *tc = btl_config_task(env->cfg, task);
+    if (tc == NULL) {
+        oc->permanent = true;
+        btl_snprintf(oc->error, sizeof oc->error, "unknown task '%s' (not in the configuration)",
+                     task);
+        rc = BTL_ENOTFOUND;
+        goto out;
+    }
+    if ((rc = window_open(tc, btl_now_ms(), &open, err, sizeof err)) != 0) {
+        oc->permanent = oc->unrecoverable = true;
+        btl_strlcpy(oc->error, err, sizeof oc->error);
+        goto out;
+    }
+    if (!open) {
+        oc->skipped = true;
+        btl_strlcpy(oc->error, "outside posting window", sizeof oc->error);
+        count("skipped");
+        rc = 0;
+        goto out;
+    }
+    const char *pname = tc->platform && tc->platform[0] ? tc->platform : "file";
+    if ((rc = btl_platform_new(env->cfg, pname, &pl, err, sizeof err)) != 0) {
+        /* Configuration, not the post: pause the task, claim nothing. */
+        oc->permanent = oc->unrecoverable = true;
+        btl_snprintf(oc->error, sizeof oc->error, "platform %s: %s", pname, err);
+        goto out;
+    }
+    /* Half the lease: a slow answer is still recorded before the lease ends. */
+    int64_t to = env->cfg->worker.lease_ms / 2;
+    btl_platform_set_timeout(pl, to < 1000 ? 1000 : to > 30000 ? 30000 : to);
+
+    /* posts_per_job > 1 drains a backlog: one claim at a time, until none
+     * is due, one does not go out, or the worker stops. */
+    for (int k = 0; k < tc->posts_per_job && !*env->stop; k++) {
+        bool posted = false, none_due = false;
+        rc = post_one(env, job, pl, pname, oc, &posted, &none_due);
+        if (none_due) {
+            if (k == 0) { /* nothing at all; a backlog running dry after posts is success */
+                oc->skipped = true;
+                btl_strlcpy(oc->error, "no approved post is due", sizeof oc->error);
+                count("none");
+            }
+            break;
+        }
+        if (!posted)
+            break;
+    }
+out:
     btl_platform_free(pl);
     return rc;
 }

@@ -14,6 +14,8 @@
 #  (f) 3 posters, 36 approved posts: each published exactly once
 #  (g) the file platform writes one JSON line per post
 #  (h) mastodon (Bearer, Idempotency-Key) and webhook (?wait=true, no nonce)
+#  (i) posts_per_job 5 over 7 approved posts: one job posts 5, the next 2
+#      (a backlog running dry is a success), the third finds none (skipped)
 source "$(dirname "$0")/lib.sh"
 btl_setup
 export T
@@ -73,6 +75,11 @@ tasks:
     service: poster
     schedule: "once 2099-01-01T00:00:00Z"
     platform: discord_webhook
+  backlog:
+    service: poster
+    schedule: "once 2099-01-01T00:00:00Z"
+    platform: discord
+    posts_per_job: 5
 EOF2
 }
 make_config "$T/btl.yaml" 10s
@@ -285,6 +292,28 @@ check "(h) webhook: path and wait=true" test "$(hrec '.[0].path + " " + .[0].wai
 check "(h) webhook: no nonce" test "$(hrec '.[0].body | has("nonce")')" = false
 check "(h) webhook: remote_id and channel" test "$(sql "SELECT remote_id || ' ' || channel FROM posts WHERE id = $H")" = "$(hrec '.[0].reply_id') webhook:999"
 check "(h) no secret in any log" bash -c "! grep -l -e '$DISCORD_TOKEN' -e 'hook-secret' '$T'/post-*.log '$T'/scheduler.log"
+
+# ---- (i) posts_per_job ---------------------------------------------------------------------------
+sql "INSERT INTO posts (content_hash, body, status, score, narrative) SELECT md5('backlog' || g), 'Backlog post ' || g, 'approved', 40 - g, 'backlog' FROM generate_series(1, 7) g" >/dev/null
+backlog_posted() { sql "SELECT count(*) FROM posts WHERE narrative = 'backlog' AND status = 'posted'"; }
+run_counts() { sql "SELECT items_ok || ' ' || items_skipped || ' ' || items_failed FROM executions WHERE run_id = ${1:-0}"; }
+r1=$(trigger backlog)
+check "(i) first job: its run is recorded" wait_for "backlog run 1" 20 sql_eq "SELECT count(*) FROM executions WHERE run_id = ${r1:-0}" 1
+check "(i) first job posted 5 of 7" test "$(backlog_posted)" = 5
+check "(i) ... all by that one job" sql_eq \
+    "SELECT count(DISTINCT metadata->>'post_job_id') FROM posts WHERE narrative = 'backlog' AND status = 'posted'" 1
+check "(i) ... the 5 best first" sql_eq \
+    "SELECT string_agg(body, ',' ORDER BY score DESC) FROM posts WHERE narrative = 'backlog' AND status = 'approved'" \
+    "Backlog post 6,Backlog post 7"
+check "(i) first run: one job done" test "$(run_counts "$r1")" = "1 0 0"
+r2=$(trigger backlog)
+check "(i) second job: its run is recorded" wait_for "backlog run 2" 20 sql_eq "SELECT count(*) FROM executions WHERE run_id = ${r2:-0}" 1
+check "(i) all 7 posted" test "$(backlog_posted)" = 7
+check "(i) a backlog running dry is a success" test "$(run_counts "$r2")" = "1 0 0"
+r3=$(trigger backlog)
+check "(i) third job finds none: skipped" wait_for "backlog run 3" 20 sql_eq "SELECT items_ok || ' ' || items_skipped FROM executions WHERE run_id = ${r3:-0}" "0 1"
+check "(i) each backlog post requested exactly once" test "$(
+    sql "SELECT 'btl-' || id FROM posts WHERE narrative = 'backlog'" | while read -r n; do nreq "$n"; done | sort | uniq -c | awk '{print $1 "x" $2}')" = "7x1"
 
 for s in post-c post-d post-f scheduler; do
     stop_wait "$s"

@@ -334,6 +334,7 @@ static void test_defaults(void **state)
     assert_string_equal(t->platform, "");
     assert_string_equal(t->job, "");
     assert_int_equal(t->fanout, 1);
+    assert_int_equal(t->posts_per_job, 1);
     assert_true(t->enabled);
     assert_int_equal(t->execution.max_retries, 2);
     assert_false(t->execution.continue_on_error);
@@ -545,6 +546,9 @@ static void test_out_of_range(void **state)
     expect_error(DB "tasks:\n  t:\n    service: curator\n    schedule: immediate\n"
                     "    fanout: 10001\n",
                  "t.yaml:6:13: tasks.t.fanout: 10001 is out of range 1..10000");
+    expect_error(DB "tasks:\n  t:\n    service: poster\n    schedule: immediate\n"
+                    "    posts_per_job: 1001\n",
+                 "t.yaml:6:20: tasks.t.posts_per_job: 1001 is out of range 1..1000");
 }
 
 static void test_enums(void **state)
@@ -670,6 +674,9 @@ static void test_task_rules(void **state)
     expect_error(DB "tasks:\n  g:\n    service: generator\n    schedule: immediate\n"
                     "    narrative: x.yaml\n    curation: { mode: auto }\n",
                  "t.yaml:7:5: tasks.g: 'curation' only applies to curator tasks");
+    expect_error(DB "tasks:\n  c:\n    service: curator\n    schedule: immediate\n"
+                    "    posts_per_job: 5\n",
+                 "t.yaml:6:5: tasks.c: 'posts_per_job' only applies to poster tasks");
     expect_error(DB "tasks:\n  p:\n    service: poster\n    schedule: immediate\n",
                  "t.yaml:4:5: tasks.p: platform 'file' is not configured under 'platforms'");
     expect_error(DB "platforms: { file: {} }\n"

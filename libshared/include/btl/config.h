@@ -60,6 +60,9 @@ typedef struct btl_task_cfg {
     const char *narrative;    /* path, generator tasks */
     int iterations;           /* 1..1000, default 1 */
     const char *platform;     /* poster tasks */
+    /* poster tasks: approved posts one job may publish, one claim at a
+     * time, 1..1000, default 1 (the human pace: one post per tick). */
+    int posts_per_job;
     /* `job`: operational job kind for exercising the queue: "noop",
      * "sleep <ms>", "fail <message>". "" = the service's own work. */
     const char *job;

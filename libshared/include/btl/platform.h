@@ -64,6 +64,9 @@ typedef struct btl_platform btl_platform;
 int btl_platform_new(const btl_config *cfg, const char *name, btl_platform **out, char *err,
                      size_t errlen);
 void btl_platform_free(btl_platform *p); /* NULL is a no-op */
+/* One platform object is used by one thread at a time. Discord and
+ * Mastodon keep their HTTP connection from one publish to the next (their
+ * requests carry an idempotency key); a webhook opens one per publish. */
 
 typedef struct btl_publish_result {
     char remote_id[128];    /* message / status id, or "file:<offset>" */
