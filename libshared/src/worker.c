@@ -244,6 +244,18 @@ static void flush_done(worker_shared *ws, btl_worker_env *env, const btl_job *ba
     account_done(ws, batch, nbatch, pd, n_ok, aggs, naggs);
 }
 
+/* A full batch means more may be queued than this thread takes: wake one
+ * sleeping sibling (a hint only; wake_gen stays, so busy threads are not
+ * sent round again). Each woken thread that also fills its batch wakes the
+ * next, so a burst that one job enqueued (a generation run's plan) spreads
+ * over every thread without waiting for a tick or the fallback poll. */
+static void share_backlog(worker_shared *ws)
+{
+    pthread_mutex_lock(&ws->lock);
+    pthread_cond_signal(&ws->wake);
+    pthread_mutex_unlock(&ws->lock);
+}
+
 /* The ids the heartbeat renews for this thread. */
 static void set_held(worker_shared *ws, int64_t *slots, const btl_job *batch, int n)
 {
@@ -258,7 +270,7 @@ static void set_held(worker_shared *ws, int64_t *slots, const btl_job *batch, in
  * marked done in batches, but at least every 250 ms, so a crash re-runs
  * little finished work. Returns the number of jobs claimed. */
 static int drain(worker_shared *ws, btl_worker_env *env, btl_job *bufs[2], pending_done *pd,
-                 int64_t *held)
+                 int64_t *held, bool *dry)
 {
     const btl_config *cfg = ws->cfg;
     run_agg aggs[MAX_AGG];
@@ -266,12 +278,17 @@ static int drain(worker_shared *ws, btl_worker_env *env, btl_job *bufs[2], pendi
     int64_t t0 = btl_mono_ms();
     btl_job *batch = bufs[0], *next = bufs[1];
     int n = 0;
+    *dry = false;
     if (btl_jobs_claim(env->db, ws->opts->service, ws->opts->instance, cfg->worker.batch_size,
                        cfg->worker.lease_ms, batch, &n) != 0) {
         BTL_WARN("claim failed", "error", btl_db_last_error(env->db));
         n = 0;
+    } else {
+        *dry = n == 0;
     }
     while (n > 0) {
+        if (n == cfg->worker.batch_size)
+            share_backlog(ws);
         set_held(ws, held, batch, n);
         total += n;
         pd->n = 0;
@@ -397,9 +414,10 @@ static void *thread_main(void *arg)
                               .service = ws->opts->service,
                               .instance = ws->opts->instance,
                               .stop = &ws->stop};
-        int got = drain(ws, &env, bufs, &pd, ws->held + (size_t)t->index * (size_t)bs);
-        if (got > 0)
-            continue; /* more may be waiting */
+        bool dry = false;
+        int got = drain(ws, &env, bufs, &pd, ws->held + (size_t)t->index * (size_t)bs, &dry);
+        if (got > 0 && !dry)
+            continue; /* stopped by its time limit: more may be waiting */
         /* Sleep until a tick or the fallback poll. */
         pthread_mutex_lock(&ws->lock);
         if (ws->wake_gen == seen && !ws->stop) {
@@ -531,6 +549,16 @@ static void wake_all(worker_shared *ws)
     pthread_mutex_unlock(&ws->lock);
 }
 
+/* One new job: one sleeping thread claims it. The generation still moves,
+ * so a thread finishing a drain that ran dry just before looks again. */
+static void wake_one(worker_shared *ws)
+{
+    pthread_mutex_lock(&ws->lock);
+    ws->wake_gen++;
+    pthread_cond_signal(&ws->wake);
+    pthread_mutex_unlock(&ws->lock);
+}
+
 static int load_config(const char *path, btl_config **cfg)
 {
     char err[1024];
@@ -654,10 +682,12 @@ int btl_worker_main(const btl_worker_opts *opts, volatile sig_atomic_t *stop,
                 btl_db_open(ws.cfg->database.url, &event_db, why, sizeof why) != 0)
                 event_db = NULL;
             bool usable = event_db != NULL && btl_db_ensure(event_db) == 0;
-            opts->hooks.on_event(opts->hooks.event_ud, usable ? event_db : NULL, ws.cfg, &m);
+            if (opts->hooks.on_event(opts->hooks.event_ud, usable ? event_db : NULL, ws.cfg, &m))
+                wake_one(&ws);
+        } else if (m.kind == BTL_MSG_TICK) {
+            wake_all(&ws); /* a fire may have enqueued up to fanout jobs */
         }
         btl_msg_free(&m);
-        wake_all(&ws);
     }
     BTL_INFO("stopping: finishing or releasing current jobs");
     atomic_store(&ws.running, 0);

@@ -1008,12 +1008,16 @@ static int run_batch(cjob *j, int *claimed)
     uint64_t **shs = NULL;
     size_t *nshs = NULL;
     size_t nscore = 0;
-    char lease[32], lim[32], crun[32], reason[CURATE_REASON_MAX];
+    char lease[32], lim[32], crun[32], jid[32], reason[CURATE_REASON_MAX];
     *claimed = 0;
     btl_snprintf(lease, sizeof lease, "%" PRId64, j->lease_ms);
     btl_snprintf(lim, sizeof lim, "%d", j->cc->batch_size);
     btl_snprintf(crun, sizeof crun, "%" PRId64, j->close_run);
-    const char *params[] = {j->me, lease, lim, crun, j->defer_runs ? "true" : "false"};
+    btl_snprintf(jid, sizeof jid, "%" PRId64, j->job->id);
+    const char *params[] = {j->me, lease, lim, crun, j->defer_runs ? "true" : "false", jid};
+    /* Only posts generated before this attempt started: a draining run
+     * decides what was pending when it began, and posts that keep arriving
+     * go to the next run instead of holding every decision back. */
     rc = btl_db_query(j->env->db,
                       "UPDATE posts p SET claimed_by = $1, "
                       "lease_until = now() + $2::bigint * interval '1 millisecond', "
@@ -1022,11 +1026,12 @@ static int run_batch(cjob *j, int *claimed)
                       "AND (lease_until IS NULL OR lease_until < now()) "
                       "AND ($4::bigint = 0 OR run_id = $4::bigint) "
                       "AND (NOT $5::bool OR run_id IS NULL OR scores IS NULL) "
+                      "AND generated_at <= (SELECT attempted_at FROM jobs WHERE id = $6::bigint) "
                       "ORDER BY generated_at, id LIMIT $3::int FOR UPDATE SKIP LOCKED) c "
                       "WHERE p.id = c.id "
                       "RETURNING p.id, p.body, p.scores IS NOT NULL, coalesce(p.score, 0), "
                       "coalesce(p.run_id, 0)",
-                      5, params, &r);
+                      6, params, &r);
     if (rc != 0) {
         rc = fail_db(j, "claiming pending posts");
         goto out;
@@ -1536,15 +1541,16 @@ out:
 
 /* ---- event hook ---------------------------------------------------------- */
 
-void curate_on_event(void *ud, btl_db *db, const btl_config *cfg, const btl_msg *msg)
+bool curate_on_event(void *ud, btl_db *db, const btl_config *cfg, const btl_msg *msg)
 {
     (void)ud;
+    bool enqueued = false;
     if (msg == NULL || msg->kind != BTL_MSG_POST ||
         strcmp(msg->type, BTL_TOPIC_POST_GENERATED) != 0)
-        return;
+        return false;
     if (db == NULL) {
         BTL_DEBUG("post.generated while the database is down; the scheduled run will pick it up");
-        return;
+        return false;
     }
     for (size_t i = 0; i < cfg->n_tasks; i++) {
         const btl_task_cfg *t = &cfg->tasks[i];
@@ -1587,5 +1593,7 @@ void curate_on_event(void *ud, btl_db *db, const btl_config *cfg, const btl_msg 
         else
             BTL_DEBUG("curation enqueued on post.generated", "task", t->name, "post",
                       btl_log_i64(pid, msg->body.post.post_id));
+        enqueued |= rc == 0 && id != 0;
     }
+    return enqueued;
 }

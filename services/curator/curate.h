@@ -83,7 +83,7 @@ int curate_handle_job(void *ud, btl_worker_env *env, const btl_job *job, btl_job
  * (unique key "event:<task>:<post_id>") for every enabled, unpaused curator
  * task with curation.on_event. db NULL (Postgres down) → nothing: the
  * scheduled run picks the post up. ud unused. */
-void curate_on_event(void *ud, btl_db *db, const btl_config *cfg, const btl_msg *msg);
+bool curate_on_event(void *ud, btl_db *db, const btl_config *cfg, const btl_msg *msg);
 
 /* ---- pure functions (unit-tested) --------------------------------------- */
 

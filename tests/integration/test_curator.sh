@@ -152,6 +152,21 @@ check "keep: decided" wait_for "keep" 30 no_pending
 check "keep: one approved" sql_eq "SELECT count(*) FROM posts WHERE id IN ($K_IDS) AND status = 'approved'" 1
 check "keep: others pending with scores, not rejected" sql_eq "SELECT count(*) FROM posts WHERE id IN ($K_IDS) AND status = 'pending' AND scores IS NOT NULL AND curated_at IS NOT NULL AND reject_reason IS NULL" 2
 
+# ---- a draining run takes the posts generated before it started ----------------------
+# A post stamped an hour ahead stands for one that arrives while the run
+# drains: it waits for a later run instead of holding the run's decisions.
+LATE=$(ins "Late arrival: a post generated after the curation run began, $RANDOM.")
+ON_TIME=$(ins "On time: a post that was pending when the curation run began, $RANDOM.")
+sql "UPDATE posts SET generated_at = now() + interval '1 hour' WHERE id = $LATE" >/dev/null
+check "trigger cur_strict (one late post)" trigger cur_strict
+check "late: the on-time post decided" wait_for "on-time decided" 30 \
+    sql_eq "SELECT count(*) FROM posts WHERE id = $ON_TIME AND curated_at IS NOT NULL" 1
+check "late: the later post left pending, unclaimed" sql_eq \
+    "SELECT count(*) FROM posts WHERE id = $LATE AND status = 'pending' AND curated_at IS NULL AND claimed_by IS NULL" 1
+sql "UPDATE posts SET generated_at = now() - interval '1 second' WHERE id = $LATE" >/dev/null
+check "trigger cur_strict (the late post's turn)" trigger cur_strict
+check "late: decided by the next run" wait_for "late decided" 30 no_pending
+
 # ---- manual mode: scores only -------------------------------------------------------
 M=(); for i in 1 2 3; do M+=("$(ins "Manual round post $i: an operator will decide about this one, $RANDOM.")"); done
 M_IDS=$(IFS=,; echo "${M[*]}")

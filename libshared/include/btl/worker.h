@@ -59,9 +59,9 @@ typedef int (*btl_job_handler_fn)(void *ud, btl_worker_env *env, const btl_job *
 
 /* Called on the main thread for every valid frame of an extra topic (e.g.
  * the curator's post.generated), with a database connection of its own
- * (may be NULL while Postgres is down). Typically enqueues a job; the
- * worker threads are woken right after it returns. */
-typedef void (*btl_worker_event_fn)(void *ud, btl_db *db, const btl_config *cfg,
+ * (may be NULL while Postgres is down). Typically enqueues a job; returns
+ * true when it did, and one worker thread is woken for it. */
+typedef bool (*btl_worker_event_fn)(void *ud, btl_db *db, const btl_config *cfg,
                                     const btl_msg *msg);
 
 /* What a service plugs into the shared loop. */
