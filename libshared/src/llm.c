@@ -26,6 +26,9 @@
 
 enum llm_kind { K_OPENAI, K_GEMINI, K_OFFLINE };
 
+#define USAGE_SLOTS 4
+#define USAGE_FLUSH_MS 1000
+
 struct btl_llm {
     const btl_llm_cfg *cfg;
     enum llm_kind kind;
@@ -39,6 +42,15 @@ struct btl_llm {
     bool body_overflow;
     int64_t hdr_retry_after_ms;  /* -1 = none */
     volatile sig_atomic_t *stop; /* non-zero: abort the transfer, do not wait */
+    /* Unlimited budget: usage summed here and written by btl_llm_flush_usage
+     * (or once the oldest unwritten call is USAGE_FLUSH_MS old), instead of
+     * one upsert per call on the two rows every replica shares. */
+    struct usage_acc {
+        char model[208];
+        int64_t requests, prompt_tokens, completion_tokens;
+    } acc[USAGE_SLOTS];
+    int n_acc;
+    int64_t acc_since_ms;
 };
 
 void btl_llm_set_stop(btl_llm *llm, volatile sig_atomic_t *stop)
@@ -354,26 +366,19 @@ static int budget_reserve(btl_llm *llm, btl_db *db, const char *model, struct wi
     return BTL_EAGAIN;
 }
 
-/* After an attempt: tokens into the windows the request was reserved in;
- * without a reservation (unlimited budget) the request itself is counted
- * here too, into the current windows, in the same single upsert. Failure
- * only loses accounting, never the reply: it is ignored (after one retry of
- * a deadlock or serialization failure). */
-static void budget_record(btl_llm *llm, btl_db *db, const char *model, const struct windows *w,
-                          int64_t pt, int64_t ct)
+/* One upsert of requests and tokens into the provider/model's windows:
+ * the given ones (minute, day: after a reservation) or, NULL, the current
+ * ones by the database clock. Failure only loses accounting, never a
+ * reply: it is ignored (after one retry of a deadlock or serialization
+ * failure). */
+static void usage_upsert(btl_llm *llm, btl_db *db, const char *model, const char *minute,
+                         const char *day, int64_t requests, int64_t pt, int64_t ct)
 {
-    if (w->set && pt <= 0 && ct <= 0)
-        return; /* reserved, nothing more to add */
-    char ps[24], cs[24];
+    char rs[24], ps[24], cs[24];
+    btl_snprintf(rs, sizeof rs, "%" PRId64, requests);
     btl_snprintf(ps, sizeof ps, "%" PRId64, pt < 0 ? 0 : pt);
     btl_snprintf(cs, sizeof cs, "%" PRId64, ct < 0 ? 0 : ct);
-    const char *p[] = {btl_llm_provider(llm),
-                       model,
-                       w->set ? w->minute : NULL,
-                       w->set ? w->day : NULL,
-                       w->set ? "0" : "1",
-                       ps,
-                       cs};
+    const char *p[] = {btl_llm_provider(llm), model, minute, day, rs, ps, cs};
     for (int i = 0; i < 2; i++) {
         int rc = btl_db_query(
             db,
@@ -393,6 +398,55 @@ static void budget_record(btl_llm *llm, btl_db *db, const char *model, const str
         if (rc == 0 || (strcmp(st, "40P01") != 0 && strcmp(st, "40001") != 0))
             break;
     }
+}
+
+void btl_llm_flush_usage(btl_llm *llm, btl_db *db)
+{
+    if (llm == NULL || db == NULL)
+        return;
+    for (int i = 0; i < llm->n_acc; i++) {
+        const struct usage_acc *a = &llm->acc[i];
+        usage_upsert(llm, db, a->model, NULL, NULL, a->requests, a->prompt_tokens,
+                     a->completion_tokens);
+    }
+    llm->n_acc = 0;
+}
+
+/* After an attempt: tokens into the windows the request was reserved in.
+ * Without a reservation (unlimited budget) the request and its tokens are
+ * summed per model and written in one upsert per model when flushed: by
+ * the caller after its work (btl_llm_flush_usage), or here once the
+ * oldest unwritten call is a second old or the slots are full. */
+static void budget_record(btl_llm *llm, btl_db *db, const char *model, const struct windows *w,
+                          int64_t pt, int64_t ct)
+{
+    if (w->set) {
+        if (pt > 0 || ct > 0) /* the request itself was counted by the reservation */
+            usage_upsert(llm, db, model, w->minute, w->day, 0, pt, ct);
+        return;
+    }
+    struct usage_acc *a = NULL;
+    for (int i = 0; i < llm->n_acc && a == NULL; i++)
+        if (strcmp(llm->acc[i].model, model) == 0)
+            a = &llm->acc[i];
+    if (a == NULL && (llm->n_acc == USAGE_SLOTS || strlen(model) >= sizeof a->model))
+        btl_llm_flush_usage(llm, db);
+    if (a == NULL && strlen(model) >= sizeof a->model) {
+        usage_upsert(llm, db, model, NULL, NULL, 1, pt, ct); /* cannot happen: names <= 200 */
+        return;
+    }
+    if (a == NULL) {
+        if (llm->n_acc == 0)
+            llm->acc_since_ms = btl_mono_ms();
+        a = &llm->acc[llm->n_acc++];
+        memset(a, 0, sizeof *a);
+        btl_strlcpy(a->model, model, sizeof a->model);
+    }
+    a->requests++;
+    a->prompt_tokens += pt > 0 ? pt : 0;
+    a->completion_tokens += ct > 0 ? ct : 0;
+    if (btl_mono_ms() - llm->acc_since_ms >= USAGE_FLUSH_MS)
+        btl_llm_flush_usage(llm, db);
 }
 
 /* ------------------------------------------------------------------ HTTP */

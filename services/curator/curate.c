@@ -822,7 +822,8 @@ static int score_chunk(cjob *j, const int64_t *ids, const int64_t *runs, const c
         "reply with JSON only.";
     btl_buf prompt, sj;
     btl_buf_init(&prompt, CURATE_PROMPT_MAX + 64 * 1024);
-    btl_buf_init(&sj, 64 * 1024);
+    /* Every score of a batch (<= 50 posts, notes escaped at worst 6x). */
+    btl_buf_init(&sj, 50 * (2 * 6 * CURATE_NOTE_MAX + 512));
     curate_score *sc = calloc(n, sizeof *sc);
     char *json = NULL;
     char err[512] = "", verr[512] = "";
@@ -909,38 +910,50 @@ static int score_chunk(cjob *j, const int64_t *ids, const int64_t *runs, const c
                      "LLM scoring reply malformed twice (posts stay pending): %s", verr);
         goto out;
     }
-    for (size_t i = 0; i < n; i++) {
-        btl_buf_reset(&sj);
-        if ((rc = curate_scores_json(&sj, &sc[i])) != 0) {
-            btl_snprintf(j->oc->error, sizeof j->oc->error, "scores JSON: %s", btl_strerror(rc));
-            goto out;
-        }
-        char ids_s[32], total[32];
-        btl_snprintf(ids_s, sizeof ids_s, "%" PRId64, ids[i]);
-        btl_snprintf(total, sizeof total, "%d", sc[i].total);
-        const char *params[] = {ids_s, j->me, sj.data, total};
-        PGresult *r = NULL;
-        rc = btl_db_query(j->env->db,
-                          "UPDATE posts SET scores = $3::jsonb, score = $4::float8, "
-                          "updated_at = now() WHERE id = $1::bigint AND claimed_by = $2 "
-                          "AND status = 'pending' RETURNING id",
-                          4, params, &r);
-        if (rc != 0) {
-            PQclear(r);
-            rc = fail_db(j, "storing scores");
-            goto out;
-        }
-        bool ours = PQntuples(r) == 1;
+    /* All scores of the batch in one statement; a post whose lease was lost
+     * meanwhile is not ours to store or decide (its new holder does). */
+    btl_buf_reset(&sj);
+    btl_buf_puts(&sj, "[");
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        btl_buf_printf(&sj, "%s{\"id\":%" PRId64 ",\"score\":%d,\"scores\":", i ? "," : "", ids[i],
+                       sc[i].total);
+        if ((rc = curate_scores_json(&sj, &sc[i])) == 0)
+            rc = btl_buf_puts(&sj, "}");
+    }
+    if (rc == 0)
+        rc = btl_buf_puts(&sj, "]");
+    if (rc != 0) {
+        btl_snprintf(j->oc->error, sizeof j->oc->error, "scores JSON: %s", btl_strerror(rc));
+        goto out;
+    }
+    const char *params[] = {j->me, sj.data};
+    PGresult *r = NULL;
+    rc = btl_db_query(j->env->db,
+                      "UPDATE posts p SET scores = d.scores, score = d.score, updated_at = now() "
+                      "FROM jsonb_to_recordset($2::jsonb) AS d(id bigint, score float8, scores "
+                      "jsonb) WHERE p.id = d.id AND p.claimed_by = $1 AND p.status = 'pending' "
+                      "RETURNING p.id",
+                      2, params, &r);
+    if (rc != 0) {
         PQclear(r);
+        rc = fail_db(j, "storing scores");
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        bool ours = false;
+        for (int k = 0; k < PQntuples(r) && !ours; k++)
+            ours = btl_db_get_i64(r, k, 0) == ids[i];
         if (!ours)
             continue; /* lease lost: the new holder decides it */
         if ((rc = cand_push(j, ids[i], runs[i], true, sc[i].total, shs[i], nshs[i])) != 0) {
+            PQclear(r);
             btl_strlcpy(j->oc->error, "out of memory", sizeof j->oc->error);
             shs[i] = NULL;
             goto out;
         }
         shs[i] = NULL; /* now owned by the candidate */
     }
+    PQclear(r);
 out:
     btl_llm_response_free(&resp);
     free(json);
@@ -1170,6 +1183,77 @@ static int cmp_i64(const void *a, const void *b)
  *  - Scheduled runs take every undecided post, deferred ones included, so
  *    none waits longer than the next scheduled run even if the closing job
  *    is lost. */
+/* Decisions go DECIDE_CHUNK to a statement: one UPDATE over a JSON list,
+ * each row conditioned on still holding the post, like decide(). */
+#define DECIDE_CHUNK 500
+
+typedef struct decision_entry {
+    int64_t id;
+    size_t idx; /* into j->c */
+} decision_entry;
+
+typedef struct decision_list {
+    btl_buf json; /* "[{...},{...}" while open */
+    decision_entry e[DECIDE_CHUNK];
+    size_t n;
+} decision_list;
+
+static int cmp_entry(const void *a, const void *b)
+{
+    const decision_entry *x = a, *y = b;
+    return (x->id > y->id) - (x->id < y->id);
+}
+
+static int decisions_add(decision_list *dl, size_t idx, int64_t id, const char *status,
+                         const char *reason)
+{
+    int rc = btl_buf_printf(&dl->json, "%s{\"id\":%" PRId64 ",\"status\":\"%s\",\"reason\":",
+                            dl->n ? "," : "[", id, status);
+    if (rc == 0)
+        rc = reason ? btl_buf_json_str(&dl->json, reason) : btl_buf_puts(&dl->json, "null");
+    if (rc == 0)
+        rc = btl_buf_puts(&dl->json, "}");
+    if (rc != 0)
+        return BTL_ENOMEM;
+    dl->e[dl->n++] = (decision_entry){id, idx};
+    return 0;
+}
+
+/* Writes the open chunk; ours[idx] tells which rows were still ours. */
+static int decisions_write(cjob *j, decision_list *dl, bool *ours)
+{
+    if (dl->n == 0)
+        return 0;
+    PGresult *r = NULL;
+    int rc = btl_buf_puts(&dl->json, "]");
+    const char *params[] = {j->me, j->task->name, j->run_key, dl->json.data};
+    if (rc == 0)
+        rc = btl_db_query(
+            j->env->db,
+            "UPDATE posts p SET status = d.status, reject_reason = d.reason, curated_at = now(), "
+            "claimed_by = NULL, lease_until = NULL, updated_at = now(), "
+            "metadata = p.metadata || jsonb_build_object('curated_by', split_part($1, '#', 1), "
+            "'curate_task', $2::text, 'curate_run', $3::text, 'curate_outcome', d.status, "
+            "'curate_decisions', coalesce((p.metadata->>'curate_decisions')::int, 0) + 1) "
+            "FROM jsonb_to_recordset($4::jsonb) AS d(id bigint, status text, reason text) "
+            "WHERE p.id = d.id AND p.claimed_by = $1 AND p.status = 'pending' "
+            "AND p.curated_at IS NULL RETURNING p.id",
+            4, params, &r);
+    if (rc == 0) {
+        qsort(dl->e, dl->n, sizeof dl->e[0], cmp_entry);
+        for (int k = 0; k < PQntuples(r); k++) {
+            decision_entry key = {btl_db_get_i64(r, k, 0), 0};
+            const decision_entry *f = bsearch(&key, dl->e, dl->n, sizeof dl->e[0], cmp_entry);
+            if (f != NULL)
+                ours[f->idx] = true;
+        }
+    }
+    PQclear(r);
+    btl_buf_reset(&dl->json);
+    dl->n = 0;
+    return rc;
+}
+
 static int select_and_decide(cjob *j)
 {
     int rc = 0;
@@ -1183,13 +1267,21 @@ static int select_and_decide(cjob *j)
     int *gcap = NULL;
     size_t ngr = 0;
     bool in_tx = false;
+    decision_list *dl = calloc(1, sizeof *dl);
+    if (dl == NULL) {
+        btl_strlcpy(j->oc->error, "out of memory", sizeof j->oc->error);
+        return BTL_ENOMEM;
+    }
+    /* A chunk of decisions: reasons are <= CURATE_REASON_MAX, escaped. */
+    btl_buf_init(&dl->json, DECIDE_CHUNK * (6 * CURATE_REASON_MAX + 128));
     if (j->defer_runs && j->nc > 0) {
         /* Posts of a generation run are left to the run's closing job:
          * move them behind the others (order kept), decide only the rest. */
         cand *tmp = malloc(j->nc * sizeof *tmp);
         if (tmp == NULL) {
             btl_strlcpy(j->oc->error, "out of memory", sizeof j->oc->error);
-            return BTL_ENOMEM;
+            rc = BTL_ENOMEM;
+            goto out;
         }
         size_t k = 0;
         for (size_t i = 0; i < j->nc; i++)
@@ -1208,7 +1300,7 @@ static int select_and_decide(cjob *j)
     }
     const size_t n = j->nsel;
     if (n == 0)
-        return 0;
+        goto out;
     scores = calloc(n, sizeof *scores);
     dec = calloc(n, sizeof *dec);
     dup_of = calloc(n, sizeof *dup_of);
@@ -1323,20 +1415,21 @@ static int select_and_decide(cjob *j)
             if (dec[i] != CURATE_APPROVE && (!j->cc->keep_unselected || dec[i] == CURATE_DUP))
                 status = "rejected";
         }
-        bool done = false;
         /* A kept post is still a candidate: no reject reason on it. */
         bool keep = strcmp(status, "pending") == 0;
-        rc = decide(j, j->c[i].id, status, reason[0] && !keep ? reason : NULL, &done, &r);
-        PQclear(r);
-        r = NULL;
-        if (rc != 0) {
-            rc = fail_db(j, "recording decisions");
+        if ((rc = decisions_add(dl, i, j->c[i].id, status, reason[0] && !keep ? reason : NULL)) !=
+                0 ||
+            (dl->n == DECIDE_CHUNK && (rc = decisions_write(j, dl, ours)) != 0)) {
+            rc = rc == BTL_ENOMEM ? rc : fail_db(j, "recording decisions");
             goto out;
         }
-        ours[i] = done;
         j->c[i].decision = strcmp(status, "approved") == 0   ? CURATE_APPROVE
                            : strcmp(status, "rejected") == 0 ? CURATE_NOT_TOP
                                                              : 0;
+    }
+    if ((rc = decisions_write(j, dl, ours)) != 0) {
+        rc = fail_db(j, "recording decisions");
+        goto out;
     }
     if ((rc = btl_db_commit(j->env->db)) != 0) {
         in_tx = false;
@@ -1399,6 +1492,8 @@ out:
     free(group);
     free(gruns);
     free(gcap);
+    btl_buf_free(&dl->json);
+    free(dl);
     return rc;
 }
 
@@ -1536,6 +1631,11 @@ out:
         release_claims(&j);
     cjob_free(&j);
     json_decref(payload);
+    /* The job's LLM usage (summed under an unlimited budget) is written
+     * before the job ends. */
+    llm_slot *slot = j.ctx ? pthread_getspecific(j.ctx->key) : NULL;
+    if (slot != NULL)
+        btl_llm_flush_usage(slot->llm, env->db);
     return rc;
 }
 

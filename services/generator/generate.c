@@ -686,5 +686,10 @@ int gen_handle_job(void *ud, btl_worker_env *env, const btl_job *job, btl_job_ou
     }
 out:
     json_decref(payload);
+    /* The job's LLM usage (summed under an unlimited budget) is written
+     * before the job ends. */
+    gen_tls *t = pthread_getspecific(g->llm_key);
+    if (t != NULL)
+        btl_llm_flush_usage(t->llm, env->db);
     return rc;
 }

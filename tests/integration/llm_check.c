@@ -185,6 +185,7 @@ static int one(const btl_llm_cfg *cfg, btl_db *db, const char *model, int64_t *r
     if (rc != 0 && rc != BTL_EAGAIN)
         fprintf(stderr, "%s: %s: %s\n", model, btl_strerror(rc), err);
     btl_llm_response_free(&resp);
+    btl_llm_flush_usage(llm, db); /* as the services do when a job ends */
     btl_llm_free(llm);
     return rc;
 }
@@ -240,7 +241,8 @@ static void check_tpm(void)
     btl_db_close(db);
 }
 
-/* No budget: requests and tokens are still accounted. */
+/* No budget: requests and tokens are still accounted, summed per client
+ * and written when flushed. */
 static void check_unlimited_accounting(void)
 {
     wait_for_fresh_minute();
@@ -251,6 +253,25 @@ static void check_unlimited_accounting(void)
         CHECK(one(&free_cfg, db, "free-model", &ra, &el) == 0, "free %d", i);
     CHECK(usage(db, "free-model", "minute", "requests") == 3, "requests %" PRId64,
           usage(db, "free-model", "minute", "requests"));
+    /* One client, two models, five calls: one flush writes both sums. */
+    btl_llm *llm = NULL;
+    char err[512];
+    REQUIRE(btl_llm_new(&free_cfg, &llm, err, sizeof err) == 0, "llm: %s", err);
+    for (int i = 0; i < 5; i++) {
+        btl_llm_request req = {
+            .prompt = "Write a short post.", .model = i % 2 ? "sum-b" : "sum-a", .temperature = -1};
+        btl_llm_response resp;
+        CHECK(btl_llm_complete(llm, db, &req, &resp, err, sizeof err) == 0, "sum %d: %s", i, err);
+        btl_llm_response_free(&resp);
+    }
+    btl_llm_flush_usage(llm, db);
+    CHECK(usage(db, "sum-a", "day", "requests") == 3 && usage(db, "sum-b", "day", "requests") == 2,
+          "sums a=%" PRId64 " b=%" PRId64, usage(db, "sum-a", "day", "requests"),
+          usage(db, "sum-b", "day", "requests"));
+    CHECK(usage(db, "sum-a", "minute", "prompt_tokens") > 0, "summed tokens");
+    btl_llm_flush_usage(llm, db); /* nothing left: writes nothing */
+    CHECK(usage(db, "sum-a", "day", "requests") == 3, "a second flush adds nothing");
+    btl_llm_free(llm);
     CHECK(usage(db, "free-model", "day", "completion_tokens") > 0, "completion tokens");
     CHECK(recorded("free-model") == 3, "server saw %d", recorded("free-model"));
     btl_db_close(db);

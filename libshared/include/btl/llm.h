@@ -12,7 +12,8 @@
  * Budgets (cfg->budget): with a db, every HTTP attempt first reserves one
  * request in llm_usage (rows per provider+model per UTC minute and day) in
  * one transaction, so replicas share the budget; tokens are added after the
- * reply. Limit = budget value x multiplier (a multiplier of 0 means 1),
+ * reply. With an unlimited budget usage is only counted, in sums written by
+ * btl_llm_flush_usage. Limit = budget value x multiplier (a multiplier of 0 means 1),
  * at least 1 when the budget value is set; 0 = unlimited. Token limits
  * refuse a request once the tokens already used reach the limit. Metrics:
  * btl_llm_requests_total{provider,model,code}, btl_llm_tokens_total
@@ -77,6 +78,14 @@ const char *btl_llm_provider(const btl_llm *llm); /* "openai" | "gemini" | "offl
 int btl_llm_complete(btl_llm *llm, btl_db *db, const btl_llm_request *req, btl_llm_response *resp,
                      char *err, size_t errlen);
 void btl_llm_response_free(btl_llm_response *resp);
+
+/* With an unlimited budget, calls are summed in llm and written to
+ * llm_usage in one upsert per model: here, or by btl_llm_complete once the
+ * oldest unwritten call is a second old. Callers flush when a job's calls
+ * are done, so usage is current when the job ends; whatever is not flushed
+ * before btl_llm_free is lost (at most a second of calls). Windows are
+ * those of the flush (database clock). A failed write is dropped. */
+void btl_llm_flush_usage(btl_llm *llm, btl_db *db);
 
 /* Extract JSON from LLM text: a ```json fenced block, else the first
  * balanced {...} or [...] that parses. Returns 0 with *json_out a malloc'd
