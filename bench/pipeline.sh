@@ -58,7 +58,7 @@ TIMEOUT=${BENCH_PIPE_TIMEOUT:-600}
 # Pipeline pacing, chosen for throughput (stated in the report):
 CHECK_INTERVAL=50ms      # scheduler.check_interval
 POLL_FALLBACK=1s         # worker.poll_fallback
-CURATE_EVERY=250ms       # curation schedule (on_event off: its 3 s delay is fixed)
+CURATE_EVERY=${BENCH_PIPE_CURATE_EVERY:-100ms}       # curation schedule (on_event off: its 3 s delay is fixed)
 CURATE_BATCH=50          # curation.batch_size: posts per scoring call (max 50)
 POST_EVERY=100ms         # posting schedule
 POST_FANOUT=${BENCH_PIPE_POST_FANOUT:-8}     # post jobs per posting fire

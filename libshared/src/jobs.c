@@ -5,6 +5,7 @@
 #include "btl/utf8.h"
 
 #include <inttypes.h>
+#include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -169,6 +170,55 @@ int btl_jobs_enqueue_n(btl_db *db, const btl_job_spec *spec, int n, const char *
     *inserted = to_int(btl_db_affected(r));
     PQclear(r);
     return 0;
+}
+
+int btl_jobs_enqueue_each(btl_db *db, const btl_job_spec *spec, const char *items_json,
+                          int *inserted)
+{
+    static const char sql[] =
+        INSERT_COLS "SELECT $1, $2, $3, $4::bigint, i.payload, $6::int, " RUN_AFTER_EXPR
+                    ", i.key, $9::int FROM ROWS FROM (jsonb_to_recordset($5::jsonb) "
+                    "AS (payload jsonb, key text)) WITH ORDINALITY AS i(payload, key, ord) "
+                    "ORDER BY i.ord "
+                    "ON CONFLICT (unique_key) DO NOTHING";
+    int rc = 0;
+    PGresult *r = NULL;
+    spec_params p;
+    json_t *items = NULL;
+
+    if (inserted == NULL)
+        return BTL_EINVAL;
+    *inserted = 0;
+    if ((rc = check_spec(spec)) != 0)
+        return rc;
+    if (items_json == NULL || strlen(items_json) > BTL_JOBS_EACH_MAX_BYTES)
+        return items_json == NULL ? BTL_EINVAL : BTL_ETOOBIG;
+    /* Checked here so a bad list is refused with a reason, not by SQL. */
+    items = json_loads(items_json, 0, NULL);
+    size_t n = json_array_size(items);
+    if (!json_is_array(items) || n < 1 || n > BTL_JOBS_BATCH_MAX) {
+        rc = BTL_EINVAL;
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        json_t *it = json_array_get(items, i), *key = json_object_get(it, "key");
+        if (!json_is_object(json_object_get(it, "payload")) ||
+            !(key == NULL || json_is_null(key) ||
+              (json_is_string(key) && str_ok(json_string_value(key), UNIQUE_KEY_MAX)))) {
+            rc = BTL_EINVAL;
+            goto out;
+        }
+    }
+    fill_params(&p, spec, NULL);
+    p.v[4] = items_json;
+    p.v[8] = p.v[9]; /* priority is $9 here: no unique key column parameter */
+    if ((rc = btl_db_query(db, sql, 9, p.v, &r)) != 0)
+        goto out;
+    *inserted = to_int(btl_db_affected(r));
+out:
+    PQclear(r);
+    json_decref(items);
+    return rc;
 }
 
 /* ---- claim ------------------------------------------------------------- */

@@ -289,49 +289,50 @@ static int plan(gen_ctx *g, btl_worker_env *env, const btl_job *job, const btl_t
     const btl_narrative_file *f = gf->f;
     size_t nn = btl_narrative_count(f);
     int enq = 0, dup = 0;
-    bool in_tx = false;
-    if ((rc = btl_db_begin(env->db)) != 0)
-        goto out;
-    in_tx = true;
-    for (int it = 1; it <= tc->iterations; it++) {
-        for (size_t i = 0; i < nn; i++) {
+    /* Every (iteration, narrative) job of the run in one statement, so the
+     * run's first posts can start as soon as it commits. */
+    btl_buf items;
+    btl_buf_init(&items, BTL_JOBS_EACH_MAX_BYTES);
+    int total = 0;
+    rc = btl_buf_puts(&items, "[");
+    for (int it = 1; it <= tc->iterations && rc == 0; it++) {
+        for (size_t i = 0; i < nn && rc == 0; i++) {
             const char *name = btl_narrative_name(f, i);
             char key[256];
             if (job->run_id > 0)
                 btl_snprintf(key, sizeof key, "run:%lld:%s:%d", (long long)job->run_id, name, it);
             else /* no run: the plan job itself keeps the keys unique */
                 btl_snprintf(key, sizeof key, "job:%lld:%s:%d", (long long)job->id, name, it);
-            json_t *p = json_pack("{s:s, s:s, s:s, s:i}", "task", tc->name, "narrative", name,
-                                  "angle", btl_narrative_angle(f, i), "iteration", it);
-            char *payload = p ? json_dumps(p, JSON_COMPACT) : NULL;
+            json_t *p =
+                json_pack("{s:{s:s, s:s, s:s, s:i}, s:s}", "payload", "task", tc->name, "narrative",
+                          name, "angle", btl_narrative_angle(f, i), "iteration", it, "key", key);
+            char *item = p ? json_dumps(p, JSON_COMPACT) : NULL;
             json_decref(p);
-            if (payload == NULL) {
+            if (item == NULL) {
                 rc = BTL_ENOMEM;
-                goto out;
+                break;
             }
-            btl_job_spec spec = {.queue = "generator",
-                                 .kind = "generate.post",
-                                 .task_id = job->task_id[0] ? job->task_id : NULL,
-                                 .run_id = job->run_id,
-                                 .payload_json = payload,
-                                 .max_attempts = job->max_attempts,
-                                 .unique_key = key};
-            int64_t id = 0;
-            rc = btl_jobs_enqueue(env->db, &spec, &id);
-            free(payload);
-            if (rc != 0)
-                goto out;
-            if (id)
-                enq++;
-            else
-                dup++;
+            rc = btl_buf_printf(&items, "%s%s", total++ ? "," : "", item);
+            free(item);
         }
     }
-    rc = btl_db_commit(env->db);
-    in_tx = false;
+    if (rc == 0)
+        rc = btl_buf_puts(&items, "]");
+    if (rc != 0) {
+        btl_buf_free(&items);
+        goto out;
+    }
+    btl_job_spec spec = {.queue = "generator",
+                         .kind = "generate.post",
+                         .task_id = job->task_id[0] ? job->task_id : NULL,
+                         .run_id = job->run_id,
+                         .max_attempts = job->max_attempts};
+    rc = btl_jobs_enqueue_each(env->db, &spec, items.data, &enq);
+    btl_buf_free(&items);
+    if (rc != 0)
+        goto out;
+    dup = total - enq;
 out:
-    if (in_tx)
-        btl_db_rollback(env->db);
     if (rc != 0) {
         if (oc->error[0] == '\0')
             btl_snprintf(oc->error, sizeof oc->error, "planning %s: %s: %s", tc->name,

@@ -560,6 +560,49 @@ static void test_enqueue_n(void)
     btl_db_close(db);
 }
 
+static void test_enqueue_each(void)
+{
+    btl_db *db = open_db();
+    btl_job_spec s = {.queue = "t_each", .kind = "k", .task_id = "t", .run_id = 9};
+    int ins = -1;
+    CHECK(btl_jobs_enqueue_each(db, &s,
+                                "[{\"payload\":{\"n\":1},\"key\":\"each:1\"},"
+                                "{\"payload\":{\"n\":2},\"key\":null},"
+                                "{\"payload\":{\"n\":3},\"key\":\"each:3\"}]",
+                                &ins) == 0 &&
+              ins == 3,
+          "3 enqueued: %d %s", ins, btl_db_last_error(db));
+    CHECK(q_i64(db,
+                "SELECT count(*) FROM jobs WHERE queue = 't_each' AND kind = 'k' AND task_id = "
+                "'t' AND run_id = 9 AND status = 'queued'",
+                NULL) == 3,
+          "spec columns on every job");
+    CHECK(q_i64(db,
+                "SELECT (array_agg((payload->>'n')::int ORDER BY id) = '{1,2,3}')::int FROM jobs "
+                "WHERE queue = 't_each'",
+                NULL) == 1,
+          "payloads in list order");
+    CHECK(btl_jobs_enqueue_each(db, &s,
+                                "[{\"payload\":{\"n\":4},\"key\":\"each:3\"},"
+                                "{\"payload\":{\"n\":5},\"key\":\"each:5\"}]",
+                                &ins) == 0 &&
+              ins == 1,
+          "a taken key is skipped: %d", ins);
+    const char *bad[] = {"{}",
+                         "[]",
+                         "[{\"key\":\"x\"}]",
+                         "[{\"payload\":[1],\"key\":null}]",
+                         "[{\"payload\":{},\"key\":7}]",
+                         "not json"};
+    for (size_t i = 0; i < BTL_ARRAY_LEN(bad); i++)
+        CHECK(btl_jobs_enqueue_each(db, &s, bad[i], &ins) == BTL_EINVAL && ins == 0, "refused: %s",
+              bad[i]);
+    CHECK(btl_jobs_enqueue_each(db, &s, NULL, &ins) == BTL_EINVAL, "NULL list");
+    CHECK(q_i64(db, "SELECT count(*) FROM jobs WHERE queue = 't_each'", NULL) == 4,
+          "nothing else inserted");
+    btl_db_close(db);
+}
+
 static void test_claim(void)
 {
     btl_db *db = open_db();
@@ -1066,6 +1109,7 @@ int main(int argc, char **argv)
         {"reconnect", test_reconnect},
         {"enqueue", test_enqueue},
         {"enqueue_n", test_enqueue_n},
+        {"enqueue_each", test_enqueue_each},
         {"claim", test_claim},
         {"concurrent", test_concurrent},
         {"complete_claim", test_complete_claim},

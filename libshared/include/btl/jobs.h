@@ -66,6 +66,16 @@ int btl_jobs_enqueue(btl_db *db, const btl_job_spec *spec, int64_t *id);
 int btl_jobs_enqueue_n(btl_db *db, const btl_job_spec *spec, int n, const char *unique_prefix,
                        int *inserted);
 
+/* Enqueue one job per element of items_json in ONE statement: a JSON array
+ * of 1..BTL_JOBS_BATCH_MAX objects {"payload": {...}, "key": "unique key"
+ * or null}, at most BTL_JOBS_EACH_MAX_BYTES; the other columns come from
+ * spec (its payload_json and unique_key are ignored). Ids follow the list's
+ * order. *inserted = jobs actually inserted (taken keys are skipped).
+ * BTL_EINVAL for a list of another shape. */
+#define BTL_JOBS_EACH_MAX_BYTES (16 * 1024 * 1024)
+int btl_jobs_enqueue_each(btl_db *db, const btl_job_spec *spec, const char *items_json,
+                          int *inserted);
+
 /* Claim up to limit (1..BTL_JOBS_CLAIM_MAX) queued jobs of queue whose
  * run_after <= now(), highest priority first, then oldest run_after, then
  * id; in one statement with FOR UPDATE SKIP LOCKED, setting status running,
