@@ -616,6 +616,7 @@ typedef struct cjob {
     char me[BTL_JOBS_WORKER_MAX + 1]; /* claimed_by: instance#job.attempt */
     char run_key[160];                /* "<task>:<run_id>" for posts.metadata */
     int64_t lease_ms;
+    int64_t renewed_ms; /* monotonic: no claim held is older than this */
     cand *c;
     size_t nc, capc;
     curate_ref *refs;
@@ -798,8 +799,16 @@ static void release_claims(cjob *j)
 }
 
 /* Keep every post we hold claimed while the rest of the job runs. */
+/* Claims last lease_ms = worker.lease + 3 LLM timeouts. Renewed only once
+ * half a worker lease has passed since the oldest claim or renewal: the
+ * next LLM call (3 timeouts at most) then still ends well inside the
+ * lease, and a short job never rewrites every post it holds per batch. */
 static int extend_claims(cjob *j)
 {
+    int64_t now = btl_mono_ms();
+    if (now - j->renewed_ms < j->env->cfg->worker.lease_ms / 2)
+        return 0;
+    j->renewed_ms = now;
     char lease[32];
     btl_snprintf(lease, sizeof lease, "%" PRId64, j->lease_ms);
     const char *params[] = {j->me, lease};
@@ -1568,6 +1577,7 @@ int curate_handle_job(void *ud, btl_worker_env *env, const btl_job *job, btl_job
     btl_snprintf(j.run_key, sizeof j.run_key, "%.128s:%" PRId64, j.task->name, job->run_id);
     /* Held posts stay ours through LLM calls with retries inside. */
     j.lease_ms = env->cfg->worker.lease_ms + 3 * env->cfg->providers.llm.timeout_ms;
+    j.renewed_ms = btl_mono_ms(); /* before the first claim */
     json_t *jgr = payload ? json_object_get(payload, "generation_run") : NULL;
     if (jgr != NULL && (!json_is_integer(jgr) || json_integer_value(jgr) <= 0)) {
         outcome->permanent = true;
