@@ -167,6 +167,24 @@ drain_ms=$(($(ms_now) - t0))
 for s in "${SERVICES[@]}"; do HWM[$s]=$(kib VmHWM "${PID[$s]}"); done
 for s in "${SERVICES[@]}"; do stop "$s"; done
 
+# The floor: a C program whose main() only sleeps, linked against exactly
+# the shared libraries each service needs (readelf NEEDED, none dropped),
+# measured the same way. What the loader and the libraries' constructors
+# touch is the part of VmRSS no service code can avoid.
+declare -A FLOOR=() FLOOR_NLIB=()
+printf '#include <unistd.h>\nint main(void) { for (;;) pause(); }\n' >"$T/floor.c"
+for s in "${SERVICES[@]}"; do
+    libs=$(readelf -d "$BUILD/btl-$s" | sed -n 's/.*Shared library: \[\(.*\)\]/-l:\1/p' | tr '\n' ' ')
+    # shellcheck disable=SC2086
+    cc -O2 -o "$T/floor-$s" "$T/floor.c" -Wl,--no-as-needed $libs
+    FLOOR_NLIB[$s]=$(ldd "$T/floor-$s" | grep -c '=>')
+    "$T/floor-$s" &
+    fp=$!
+    read -r -t 1 -u 9 _ || true
+    FLOOR[$s]=$(kib VmRSS "$fp")
+    kill "$fp"; wait "$fp" 2>/dev/null || true
+done
+
 pgv=$(sql "SHOW server_version")
 cat <<EOF
 ## Footprint
@@ -180,12 +198,16 @@ Loaded: $JOBS noop jobs for each of the three workers, triggered together
 (\`nngcat trigger noop_<service>\` $TRIGGERS times, fanout $FANOUT), drained in $drain_ms ms; peak VmRSS sampled
 every 20 ms and VmHWM at the end.
 
-| service | start-to-ready ms (median; runs) | idle RSS MiB (anon + file) | idle PSS MiB | loaded RSS MiB peak / VmHWM | VSZ MiB | threads |
-|---|---|---|---|---|---|---|
+Floor: VmRSS of a program whose main() only sleeps, linked against the same shared libraries
+as the service (its NEEDED list; the loaded count includes their dependencies).
+
+| service | start-to-ready ms (median; runs) | idle RSS MiB (anon + file) | floor MiB (libraries loaded) | idle RSS above the floor MiB | idle PSS MiB | loaded RSS MiB peak / VmHWM | VSZ MiB | threads |
+|---|---|---|---|---|---|---|---|---|
 EOF
 for s in "${SERVICES[@]}"; do
-    printf '| btl-%s | %s (%s) | %s (%s + %s) | %s | %s / %s | %s | %s |\n' "$s" "${READY[$s]}" "${READY_ALL[$s]// /, }" \
-        "$(mib "${IDLE[$s]}")" "$(mib "${IDLE_ANON[$s]}")" "$(mib "${IDLE_FILE[$s]}")" "$(mib "${PSS[$s]}")" \
+    printf '| btl-%s | %s (%s) | %s (%s + %s) | %s (%s) | %s | %s | %s / %s | %s | %s |\n' "$s" "${READY[$s]}" "${READY_ALL[$s]// /, }" \
+        "$(mib "${IDLE[$s]}")" "$(mib "${IDLE_ANON[$s]}")" "$(mib "${IDLE_FILE[$s]}")" \
+        "$(mib "${FLOOR[$s]}")" "${FLOOR_NLIB[$s]}" "$(mib $((IDLE[$s] - FLOOR[$s])))" "$(mib "${PSS[$s]}")" \
         "$(mib "${PEAK[$s]}")" "$(mib "${HWM[$s]}")" "$(mib "${VSZ[$s]}")" "${THR[$s]}"
 done
 echo

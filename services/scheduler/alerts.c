@@ -277,7 +277,10 @@ static void deliver(CURL *h, const alert *a, btl_buf *body)
 static void *sender_main(void *arg)
 {
     (void)arg;
-    CURL *h = curl_easy_init();
+    /* libcurl (and the TLS library under it) is set up on the first alert:
+     * a scheduler without alerts never pays its memory. */
+    CURL *h = NULL;
+    bool tried = false;
     btl_buf body;
     btl_buf_init(&body, 16 * 1024);
     for (;;) {
@@ -293,6 +296,10 @@ static void *sender_main(void *arg)
         g.head = (g.head + 1) % ALERTS_QUEUE_MAX;
         g.n--;
         pthread_mutex_unlock(&g.mu);
+        if (h == NULL && !tried) {
+            tried = true;
+            h = curl_easy_init(); /* thread-safe global init in libcurl >= 7.84 */
+        }
         if (h == NULL) {
             const char *lv[] = {a.kind, "failed"};
             btl_metric_inc(g.m_sent, lv, 1);
@@ -317,15 +324,11 @@ int sched_alerts_start(scheduler *s)
     g.m_dropped = btl_metrics_counter(s->metrics, "alerts_dropped_total",
                                       "Webhook alerts not sent: queue full, rate limited, stopped",
                                       (const char *[]){"kind", "reason", NULL});
-    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
-        return BTL_EHTTP;
     atomic_store(&g.stop, 0);
     g.tokens = ALERTS_BURST;
     g.tokens_ms = btl_mono_ms();
-    if (pthread_create(&g.thread, NULL, sender_main, NULL) != 0) {
-        curl_global_cleanup();
+    if (pthread_create(&g.thread, NULL, sender_main, NULL) != 0)
         return BTL_EIO;
-    }
     pthread_mutex_lock(&g.mu);
     g.running = true;
     pthread_mutex_unlock(&g.mu);
