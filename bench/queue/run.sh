@@ -230,8 +230,9 @@ report() {
         echo "| $w | $d | $h | $pb | $(ratio "$d" "$pb") | $(ratio "$h" "$pb") | $(ratio "$d" "$g") |"
     done
     echo
-    echo "Settings: botticelli = W threads, one connection each, btl_jobs_claim(limit B, lease 60 s) +"
-    echo "btl_jobs_complete (one statement per batch), noop handler; N=$JOBS. graphile-worker = one runner,"
+    echo "Settings: botticelli = W threads, one connection each, as worker.c's drain loop: a first"
+    echo "btl_jobs_claim(limit B, lease 60 s), then btl_jobs_complete_claim (the batch marked done and the"
+    echo "next B claimed in ONE statement) until the queue is empty, noop handler; N=$JOBS. graphile-worker = one runner,"
     echo "concurrency W, pollInterval 2000 ms, one job per fetch/complete (0.16 has no batching); N=$JOBS."
     echo "pg-boss = W work() loops in one process, batchSize B, pollingIntervalSeconds 0.5 (its minimum;"
     echo "a loop waits for the interval after every fetch, even a full one), pool max 10;"
@@ -246,9 +247,10 @@ report() {
         echo "migrations, jobs_claim_order_idx). claim1 = bench/queue/pgbench_claim1.sql: ONE statement per"
         echo "job, UPDATE ... SET status = 'done' WHERE id = (SELECT id ... ORDER BY priority DESC,"
         echo "run_after, id LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING id. claim2 = pgbench_claim2.sql:"
-        echo "our two statements at B=1 (claim with lease ... RETURNING, then complete), with prepared"
-        echo "statements (-M prepared) and re-parsed and re-planned on every execution (-M extended, what"
-        echo "libpq's PQexecParams does: our db layer's only way to run a statement). Median of $REPEATS."
+        echo "a claim with lease (... RETURNING) then its completion as two statements at B=1 (our drain"
+        echo "loop's shape before both went into one statement), with prepared statements (-M prepared) and"
+        echo "re-parsed and re-planned on every execution (-M extended, what libpq's PQexecParams does: how"
+        echo "our db layer runs a text the first time it sees it). Median of $REPEATS."
         echo
         echo "| clients = workers | pgbench claim1 | pgbench claim2 prepared | pgbench claim2 extended | botticelli B=1 | B=1 ÷ claim2 extended | B=1 ÷ claim2 prepared | B=1 ÷ claim1 | botticelli B=10 ÷ claim1 | botticelli B=100 ÷ claim1 |"
         echo "|---|---|---|---|---|---|---|---|---|---|"
