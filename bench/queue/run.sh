@@ -198,6 +198,8 @@ report() {
     echo "  median of $REPEATS runs (pg-boss: 1 run); a fresh database per run"
     echo
     echo "- load average (1/5/15 min) at start: $load_start; at end: $load_end"
+    # Deadlocks are retried by the claim, so only the server log shows them.
+    echo "- deadlocks Postgres detected during the run: $(grep -c 'deadlock detected' "$pgdir/postgres.log" || true)"
     echo
     echo "## Throughput (jobs/s, first pickup → last job marked done)"
     echo

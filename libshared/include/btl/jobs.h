@@ -88,9 +88,10 @@ int btl_jobs_claim(btl_db *db, const char *queue, const char *worker, int limit,
 
 /* The drain loop's step in ONE statement and one round trip: marks done
  * the jobs of ids still held by worker (as btl_jobs_complete_ids: done_ids,
- * room for n_ids, gets those the database accepted, *n_done of them) and
+ * room for n_ids, gets those the database accepted, *n_done of them), then
  * claims up to limit more (as btl_jobs_claim: out, *n). Atomic: on error
- * neither happened. n_ids may be 0. */
+ * neither happened (a deadlock or serialization failure is retried once).
+ * n_ids may be 0. */
 int btl_jobs_complete_claim(btl_db *db, const int64_t *ids, int n_ids, int64_t *done_ids,
                             int *n_done, const char *queue, const char *worker, int limit,
                             int64_t lease_ms, btl_job *out, int *n);
