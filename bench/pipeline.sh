@@ -16,6 +16,8 @@
 # Environment knobs (defaults are what docs/PERFORMANCE.md reports):
 #   BENCH_PIPE_ITER=200        carousel iterations, instant scenarios (x5 posts; select_top 1000 caps what one run may post)
 #   BENCH_PIPE_SLOW_ITER=100   carousel iterations, 50 ms scenarios (x5 posts)
+#   BENCH_PIPE_INSTANT_REPEATS=5  runs of each instant scenario; the table
+#                              shows the median run and lists every run
 #   BENCH_PIPE_DELAY_MS=50     fake LLM delay of the slow scenarios
 #   BENCH_PIPE_REPLICAS="1 3"  replica counts per worker service
 #   BENCH_PIPE_CONCURRENCY=4   worker.concurrency (the shipped default)
@@ -45,6 +47,7 @@ source "$here/lib.sh"
 
 ITER=${BENCH_PIPE_ITER:-200}
 SLOW_ITER=${BENCH_PIPE_SLOW_ITER:-100}
+INSTANT_REPEATS=${BENCH_PIPE_INSTANT_REPEATS:-5}
 DELAY_MS=${BENCH_PIPE_DELAY_MS:-50}
 REPLICAS=${BENCH_PIPE_REPLICAS:-"1 3"}
 CONC=${BENCH_PIPE_CONCURRENCY:-4}
@@ -134,7 +137,8 @@ EOF
 # run_scenario NAME DELAY_MS REPLICAS ITERATIONS BATCH
 run_scenario() {
     local name=$1 delay=$2 reps=$3 iter=$4 batch=$5
-    local dir="$BT/$name-r$reps"
+    RUN_SEQ=$((${RUN_SEQ:-0} + 1)) # a directory per run: repeats keep their own records
+    local dir="$BT/$name-r$reps-$RUN_SEQ"
     mkdir -p "$dir"
     SCN_DIR=$dir
     export SCN_DIR
@@ -290,7 +294,7 @@ run_scenario() {
 for scn in $SCENARIOS; do
     for r in $REPLICAS; do
         case $scn in
-        instant) run_scenario instant 0 "$r" "$ITER" "$BATCH" ;;
+        instant) for _ in $(seq 1 "$INSTANT_REPEATS"); do run_scenario instant 0 "$r" "$ITER" "$BATCH"; done ;;
         slow) run_scenario slow "$DELAY_MS" "$r" "$SLOW_ITER" "$SLOW_BATCH" ;;
         *) echo "pipeline: unknown scenario $scn" >&2; exit 2 ;;
         esac
@@ -300,7 +304,13 @@ elapsed=$(($(date +%s) - started))
 
 # ---- report -------------------------------------------------------------------
 field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$2"; }
-row_of() { grep "scenario=$1 .* replicas=$2 " "$raw" || true; }
+# The run of a scenario with the median posts/s (the only one, for slow).
+row_of() {
+    { grep "scenario=$1 .* replicas=$2 " "$raw" || true; } |
+        awk '{ for (i = 1; i <= NF; i++) if ($i ~ /^posts_per_s=/) { split($i, a, "="); print a[2] "\t" $0 } }' |
+        sort -n | awk -F'\t' '{ l[NR] = $2 } END { if (NR) print l[int((NR + 1) / 2)] }'
+}
+runs_of() { { grep "scenario=$1 .* replicas=$2 " "$raw" || true; } | sed -n 's/.* posts_per_s=\([^ ]*\).*/\1/p' | paste -sd' '; }
 pgver=$(psql "$PG_BASE/postgres" -qAtX -c "SHOW server_version")
 report() {
     echo "# Pipeline benchmark results"
@@ -310,18 +320,21 @@ report() {
     echo "- PostgreSQL $pgver, private cluster of scripts/pg.sh (fsync=off, synchronous_commit=on), same machine"
     echo "- load average (1 min) before/after each scenario in the table; other work on the machine is not stopped"
     echo
-    echo "| scenario | LLM delay | replicas per worker service | generate.post jobs | posts generated | posted | end-to-end posts/s | generated/s | last generated | last posted | load 1m before → after |"
-    echo "|---|---|---|---|---|---|---|---|---|---|---|"
+    echo "Instant scenarios: $INSTANT_REPEATS runs each, each on a fresh database with fresh processes; the row"
+    echo "is the median run (by posts/s) and the last column lists every run. Slow scenarios: one run."
+    echo
+    echo "| scenario | LLM delay | replicas per worker service | generate.post jobs | posts generated | posted | end-to-end posts/s | generated/s | last generated | last posted | load 1m before → after | every run, posts/s |"
+    echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
     local l scn r
     for scn in $SCENARIOS; do
         for r in $REPLICAS; do
             l=$(row_of "$scn" "$r")
             [ -n "$l" ] || continue
-            echo "| $scn | $(field delay_ms "$l") ms | $r | $(field jobs "$l") | $(field generated "$l") | $(field posted "$l") | **$(field posts_per_s "$l")** | $(field generated_per_s "$l") | $(field t_generated_s "$l") s | $(field t_posted_s "$l") s | $(field load_before "$l") → $(field load_after "$l") |"
+            echo "| $scn | $(field delay_ms "$l") ms | $r | $(field jobs "$l") | $(field generated "$l") | $(field posted "$l") | **$(field posts_per_s "$l")** | $(field generated_per_s "$l") | $(field t_generated_s "$l") s | $(field t_posted_s "$l") s | $(field load_before "$l") → $(field load_after "$l") | $(runs_of "$scn" "$r") |"
         done
     done
     echo
-    echo "Scaling (3 replicas ÷ 1 replica, end-to-end posts/s):"
+    echo "Scaling (3 replicas ÷ 1 replica, end-to-end posts/s of the rows above):"
     for scn in $SCENARIOS; do
         local a b
         a=$(field posts_per_s "$(row_of "$scn" 1)")
@@ -329,7 +342,7 @@ report() {
         [ -n "$a" ] && [ -n "$b" ] && awk -v s="$scn" -v a="$a" -v b="$b" 'BEGIN { printf "- %s: %s → %s posts/s = %.2f×\n", s, a, b, (a > 0 ? b / a : 0) }'
     done
     echo
-    echo "CPU seconds used during the drain, by process group (2 cores = 2 CPU-s per second):"
+    echo "CPU seconds used during the drain of the run in the table, by process group (2 cores = 2 CPU-s per second):"
     echo
     echo "| scenario | replicas | wall s | postgres | generator | curator | poster | scheduler | fake_llm | fake_discord | total | CPU busy |"
     echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
