@@ -744,45 +744,59 @@ out:
     return rc;
 }
 
-/* Final write of one decision, conditioned on still holding the post.
- * status: approved | rejected | pending (kept, curated_at set). On success
- * *done says whether the row was ours; body/narrative fill the event. */
-static int decide(cjob *j, int64_t id, const char *status, const char *reason, bool *done,
-                  PGresult **ret)
+/* One decision as an element of a JSON list for write_decisions. */
+static int decision_json(btl_buf *b, bool first, int64_t id, const char *status, const char *reason)
 {
-    char ids[32];
-    btl_snprintf(ids, sizeof ids, "%" PRId64, id);
-    const char *params[] = {ids, j->me, status, reason, j->task->name, j->run_key};
-    int rc = btl_db_query(
+    int rc = btl_buf_printf(
+        b, "%s{\"id\":%" PRId64 ",\"status\":\"%s\",\"reason\":", first ? "[" : ",", id, status);
+    if (rc == 0)
+        rc = reason ? btl_buf_json_str(b, reason) : btl_buf_puts(b, "null");
+    if (rc == 0)
+        rc = btl_buf_puts(b, "}");
+    return rc != 0 ? BTL_ENOMEM : 0;
+}
+
+/* Final write of decisions, list a JSON array of {"id", "status",
+ * "reason"} (status approved | rejected | pending: kept, curated_at set),
+ * each row conditioned on still holding the post. The rows that were ours
+ * come back: id, body, narrative, score (for the events). */
+static int write_decisions(cjob *j, const char *list, PGresult **ret)
+{
+    const char *params[] = {j->me, j->task->name, j->run_key, list};
+    return btl_db_query(
         j->env->db,
-        "UPDATE posts SET status = $3, reject_reason = $4, curated_at = now(), claimed_by = NULL, "
-        "lease_until = NULL, updated_at = now(), metadata = metadata || jsonb_build_object("
-        "'curated_by', split_part($2, '#', 1), 'curate_task', $5::text, 'curate_run', $6::text, "
-        "'curate_outcome', $3::text, 'curate_decisions', "
-        "coalesce((metadata->>'curate_decisions')::int, 0) + 1) "
-        "WHERE id = $1::bigint AND claimed_by = $2 AND status = 'pending' AND curated_at IS NULL "
-        "RETURNING body, narrative, score",
-        6, params, ret);
-    if (rc != 0)
-        return rc;
-    *done = PQntuples(*ret) == 1;
-    return 0;
+        "UPDATE posts p SET status = d.status, reject_reason = d.reason, curated_at = now(), "
+        "claimed_by = NULL, lease_until = NULL, updated_at = now(), "
+        "metadata = p.metadata || jsonb_build_object('curated_by', split_part($1, '#', 1), "
+        "'curate_task', $2::text, 'curate_run', $3::text, 'curate_outcome', d.status, "
+        "'curate_decisions', coalesce((p.metadata->>'curate_decisions')::int, 0) + 1) "
+        "FROM jsonb_to_recordset($4::jsonb) AS d(id bigint, status text, reason text) "
+        "WHERE p.id = d.id AND p.claimed_by = $1 AND p.status = 'pending' "
+        "AND p.curated_at IS NULL RETURNING p.id, p.body, p.narrative, p.score",
+        4, params, ret);
 }
 
 static int reject_now(cjob *j, int64_t id, const char *reason)
 {
     PGresult *r = NULL;
-    bool done = false;
-    if (decide(j, id, "rejected", reason, &done, &r) != 0)
-        return fail_db(j, "recording a pre-filter rejection");
-    if (done) {
+    btl_buf list;
+    btl_buf_init(&list, 6 * CURATE_REASON_MAX + 128);
+    int rc = decision_json(&list, true, id, "rejected", reason);
+    if (rc == 0)
+        rc = btl_buf_puts(&list, "]");
+    if (rc != 0)
+        btl_strlcpy(j->oc->error, "out of memory", sizeof j->oc->error);
+    else if (write_decisions(j, list.data, &r) != 0)
+        rc = fail_db(j, "recording a pre-filter rejection");
+    if (rc == 0 && PQntuples(r) == 1) {
         j->n_rejected++;
         count_decision("rejected", 1);
         count_prefilter(filter_label(reason));
-        emit(j, "rejected", id, btl_db_get_str(r, 0, 0), btl_db_get_str(r, 0, 1), false, 0);
+        emit(j, "rejected", id, btl_db_get_str(r, 0, 1), btl_db_get_str(r, 0, 2), false, 0);
     }
     PQclear(r);
-    return 0;
+    btl_buf_free(&list);
+    return rc;
 }
 
 /* Give back every post this job still holds (scores stay: the next holder
@@ -1192,8 +1206,7 @@ static int cmp_i64(const void *a, const void *b)
  *  - Scheduled runs take every undecided post, deferred ones included, so
  *    none waits longer than the next scheduled run even if the closing job
  *    is lost. */
-/* Decisions go DECIDE_CHUNK to a statement: one UPDATE over a JSON list,
- * each row conditioned on still holding the post, like decide(). */
+/* Decisions go DECIDE_CHUNK to a statement (write_decisions). */
 #define DECIDE_CHUNK 500
 
 typedef struct decision_entry {
@@ -1216,16 +1229,10 @@ static int cmp_entry(const void *a, const void *b)
 static int decisions_add(decision_list *dl, size_t idx, int64_t id, const char *status,
                          const char *reason)
 {
-    int rc = btl_buf_printf(&dl->json, "%s{\"id\":%" PRId64 ",\"status\":\"%s\",\"reason\":",
-                            dl->n ? "," : "[", id, status);
+    int rc = decision_json(&dl->json, dl->n == 0, id, status, reason);
     if (rc == 0)
-        rc = reason ? btl_buf_json_str(&dl->json, reason) : btl_buf_puts(&dl->json, "null");
-    if (rc == 0)
-        rc = btl_buf_puts(&dl->json, "}");
-    if (rc != 0)
-        return BTL_ENOMEM;
-    dl->e[dl->n++] = (decision_entry){id, idx};
-    return 0;
+        dl->e[dl->n++] = (decision_entry){id, idx};
+    return rc;
 }
 
 /* Writes the open chunk; ours[idx] tells which rows were still ours. */
@@ -1235,19 +1242,8 @@ static int decisions_write(cjob *j, decision_list *dl, bool *ours)
         return 0;
     PGresult *r = NULL;
     int rc = btl_buf_puts(&dl->json, "]");
-    const char *params[] = {j->me, j->task->name, j->run_key, dl->json.data};
     if (rc == 0)
-        rc = btl_db_query(
-            j->env->db,
-            "UPDATE posts p SET status = d.status, reject_reason = d.reason, curated_at = now(), "
-            "claimed_by = NULL, lease_until = NULL, updated_at = now(), "
-            "metadata = p.metadata || jsonb_build_object('curated_by', split_part($1, '#', 1), "
-            "'curate_task', $2::text, 'curate_run', $3::text, 'curate_outcome', d.status, "
-            "'curate_decisions', coalesce((p.metadata->>'curate_decisions')::int, 0) + 1) "
-            "FROM jsonb_to_recordset($4::jsonb) AS d(id bigint, status text, reason text) "
-            "WHERE p.id = d.id AND p.claimed_by = $1 AND p.status = 'pending' "
-            "AND p.curated_at IS NULL RETURNING p.id",
-            4, params, &r);
+        rc = write_decisions(j, dl->json.data, &r);
     if (rc == 0) {
         qsort(dl->e, dl->n, sizeof dl->e[0], cmp_entry);
         for (int k = 0; k < PQntuples(r); k++) {
