@@ -429,12 +429,12 @@ static void budget_record(btl_llm *llm, btl_db *db, const char *model, const str
     for (int i = 0; i < llm->n_acc && a == NULL; i++)
         if (strcmp(llm->acc[i].model, model) == 0)
             a = &llm->acc[i];
-    if (a == NULL && (llm->n_acc == USAGE_SLOTS || strlen(model) >= sizeof a->model))
-        btl_llm_flush_usage(llm, db);
     if (a == NULL && strlen(model) >= sizeof a->model) {
-        usage_upsert(llm, db, model, NULL, NULL, 1, pt, ct); /* cannot happen: names <= 200 */
+        usage_upsert(llm, db, model, NULL, NULL, 1, pt, ct); /* too long for a slot: now */
         return;
     }
+    if (a == NULL && llm->n_acc == USAGE_SLOTS)
+        btl_llm_flush_usage(llm, db);
     if (a == NULL) {
         if (llm->n_acc == 0)
             llm->acc_since_ms = btl_mono_ms();
